@@ -1,0 +1,64 @@
+"""Pixel conventions of every facekd model: the one place they are defined.
+
+* Colour order RGB (OpenCV reads BGR: convert at the file boundary, never later).
+* Normalisation ``x -> (x / 255 - 0.5) / 0.5`` into [-1, 1] (insightface arcface_torch).
+* Horizontal flip = reversing the width axis (the flip-sum test adds the flipped embedding).
+* Low resolution = ``cv2.INTER_AREA`` resize of the *aligned* crop (Karlekar et al., 2019:
+  the student sees the same face at a lower resolution; METHODS.md section 2.5).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+MEAN = 0.5
+STD = 0.5
+
+
+def to_tensor(image: np.ndarray) -> Tensor:
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 in [-1, 1]."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got {getattr(image, 'shape', type(image))}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    return (t / 255.0 - MEAN) / STD
+
+
+def to_image(tensor: Tensor) -> np.ndarray:
+    """Inverse of ``to_tensor``: ``(3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` uint8 RGB."""
+    x = (tensor.detach().float().cpu() * STD + MEAN) * 255.0
+    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def flip(images: Tensor) -> Tensor:
+    """Horizontal flip of ``(B, 3, H, W)`` or ``(3, H, W)`` images."""
+    return images.flip(-1)
+
+
+def resize(image: np.ndarray, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """Square resize of an aligned crop (``INTER_AREA`` by default: anti-aliased down-sampling)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def read_rgb(data: bytes | str) -> np.ndarray:
+    """Decode an image file (path or encoded bytes) to ``(H, W, 3)`` uint8 RGB.
+
+    Grayscale is replicated to three channels and alpha is dropped. Raises ``ValueError``
+    naming the source when it cannot be decoded.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        buf = np.frombuffer(data, dtype=np.uint8)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        source = f"<{len(buf)} encoded bytes>"
+    else:
+        img = cv2.imread(str(data), cv2.IMREAD_COLOR)  # honours EXIF orientation
+        source = str(data)
+    if img is None:
+        raise ValueError(f"cannot decode image {source}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
