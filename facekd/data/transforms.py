@@ -62,3 +62,50 @@ def read_rgb(data: bytes | str) -> np.ndarray:
     if img is None:
         raise ValueError(f"cannot decode image {source}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class PhotoError(ValueError):
+    """A raw photo facekd cannot use; ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_photo(path: str, min_side: int = 24) -> np.ndarray:
+    """Decode a raw photo strictly to ``(H, W, 3)`` uint8 RGB, whatever its storage.
+
+    Pillow applies the EXIF orientation, converts grayscale / palette / CMYK / 16-bit and drops
+    alpha (composited on black). Unlike OpenCV it refuses truncated files instead of returning
+    a half-grey image. Raises ``PhotoError`` with reason ``unreadable``, ``truncated``,
+    ``empty`` or ``too_small``.
+    """
+    import os
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise PhotoError("unreadable", f"{path}: {err.strerror}") from None
+    if size == 0:
+        raise PhotoError("empty", f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                im = Image.alpha_composite(background, im)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise PhotoError("unreadable", f"{path}: not an image Pillow can identify") from None
+    except OSError as err:
+        reason = "truncated" if "truncated" in str(err).lower() else "unreadable"
+        raise PhotoError(reason, f"{path}: {err}") from None
+    except (ValueError, SyntaxError) as err:  # Pillow raises these for some corrupt headers
+        raise PhotoError("unreadable", f"{path}: {err}") from None
+    if min(rgb.shape[:2]) < min_side:
+        raise PhotoError("too_small", f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px < {min_side} px")
+    return rgb
