@@ -77,6 +77,7 @@ def test_bad_files_are_reported_and_reruns_do_nothing(messy_tree, tmp_path):
     lms["img.bmp"] = lms["gray.png"]
     retry = align_tree(messy_tree, dst, landmarks=lms, retry_failed=True, progress=False)
     assert retry.written == 1 and "img.bmp" not in retry.failed
+    assert (dst / "img_bmp.png").exists() and (dst / "img_webp.png").exists()
 
 
 def test_crop_matches_the_given_landmarks(tmp_path):

@@ -1,8 +1,9 @@
 """``facekd align SRC DST``: turn a tree of raw photos into aligned ArcFace crops.
 
 * Walks ``SRC`` at any depth (jpg / jpeg / png / bmp / webp, any case) and writes one crop per
-  photo to the same relative path under ``DST`` (extension set by ``fmt``; with the ``all``
-  face policy, faces after the first get ``_1``, ``_2`` ... suffixes).
+  photo to the same relative path under ``DST`` (extension set by ``fmt``; see
+  ``output_stems`` for same-stem sources; with the ``all`` face policy, faces after the first
+  get ``_1``, ``_2`` ... suffixes).
 * Decoding runs in DataLoader worker processes (``read_photo``: EXIF orientation, grayscale,
   CMYK, alpha); MTCNN runs in the main process on batches of same-sized photos.
 * Resumable: a photo whose crop exists (and is non-empty) or that is listed as failed in the
@@ -92,8 +93,24 @@ def _write_atomic(path: Path, crop_rgb: np.ndarray, fmt: str) -> None:
     os.replace(tmp, path)
 
 
-def _out_path(dst: Path, name: str, fmt: str, face: int = 0) -> Path:
-    stem = Path(name).with_suffix("")
+def output_stems(names: list[str]) -> dict[str, str]:
+    """Relative output path without extension for each source name.
+
+    ``a/img.jpg`` -> ``a/img``; when several sources share a stem (``img.jpg`` and
+    ``img.png``), each keeps its extension in the stem (``img_jpg``, ``img_png``) so no crop
+    overwrites another.
+    """
+    stems = [Path(n).with_suffix("").as_posix() for n in names]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    return {
+        n: stem if counts[stem] == 1 else f"{stem}_{Path(n).suffix[1:].lower()}"
+        for n, stem in zip(names, stems, strict=True)
+    }
+
+
+def _out_path(dst: Path, stem: str, fmt: str, face: int = 0) -> Path:
     return dst / f"{stem}{'' if face == 0 else f'_{face}'}.{fmt}"
 
 
@@ -124,8 +141,9 @@ def align_tree(
         old_failed = json.loads(report_path.read_text()).get("failed", {})
     report = AlignReport(failed={} if retry_failed else dict(old_failed))
     todo = []
-    for name in list_images(src):
-        out = _out_path(dst, name, fmt)
+    stems = output_stems(list_images(src))
+    for name, stem in stems.items():
+        out = _out_path(dst, stem, fmt)
         done = out.exists() and out.stat().st_size > 0
         if not overwrite and (done or (name in old_failed and not retry_failed)):
             report.skipped += 1
@@ -166,7 +184,9 @@ def align_tree(
                 )
             else:
                 for k, lm in enumerate(lms):
-                    _write_atomic(_out_path(dst, name, fmt, k), norm_crop(img, lm, size), fmt)
+                    _write_atomic(
+                        _out_path(dst, stems[name], fmt, k), norm_crop(img, lm, size), fmt
+                    )
                 report.written += 1
                 report.failed.pop(name, None)
         bar.update(len(chunk))
