@@ -1,0 +1,76 @@
+"""Typed config: defaults, YAML, dotted overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from facekd.config import ConfigError, load_config, save_config, to_dict
+
+
+@dataclass
+class Optim:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    betas: tuple[float, ...] = (0.9, 0.999)
+
+
+@dataclass
+class Loss:
+    name: str = "hinton"
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Root:
+    steps: int = 10
+    amp: bool = False
+    out: str | None = None
+    optim: Optim = field(default_factory=Optim)
+    losses: list[Loss] = field(default_factory=list)
+
+
+def test_defaults_yaml_and_overrides_compose(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 20\noptim:\n  lr: 0.05\nlosses:\n  - {name: triplet, weight: 2}\n")
+    cfg = load_config(Root, path, ["optim.name=adamw", "optim.lr=1e-3", "out=runs/x"])
+    assert cfg.steps == 20 and cfg.optim == Optim("adamw", 1e-3, (0.9, 0.999))
+    assert cfg.losses == [Loss("triplet", 2.0, {})] and cfg.out == "runs/x"
+    assert load_config(Root) == Root()
+
+
+def test_round_trip_through_saved_yaml(tmp_path):
+    cfg = load_config(Root, None, ["losses=[{name: fitnets, kwargs: {stage: 3}}]", "amp=true"])
+    again = load_config(Root, save_config(cfg, tmp_path / "resolved.yaml"))
+    assert again == cfg and to_dict(again)["optim"]["betas"] == [0.9, 0.999]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lrr=0.1", r"unknown key\(s\) \['lrr'\] in optim"),
+        ("stpes=3", r"unknown key\(s\) \['stpes'\]"),
+        ("steps=abc", r"steps: expected an integer"),
+        ("steps=1.5", r"steps: expected an integer"),
+        ("amp=1", r"amp: expected true/false"),
+        ("optim.name=adam", r"optim.name: 'adam' is not one of \['sgd', 'adamw'\]"),
+        ("losses=[{weight: x}]", r"losses\[0\].weight: expected a number"),
+        ("optim=3", r"optim: expected a mapping"),
+        ("nonsense", r"must look like key.path=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Root, None, [override])
+
+
+def test_bad_yaml_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Root, tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Root, tmp_path / "b.yaml")
