@@ -89,6 +89,8 @@ class ModelOutput:
             global pooling / flattening), used by pooling-feature transfer.
         logits: optional ``(B, N)`` cosine logits without margin, filled by a head.
         margin_logits: optional ``(B, N)`` logits with the margin applied and scaled (training).
+        classes: optional ``(N,)`` class ids of the logit columns when the head sampled a
+            subset (Partial FC); ``None`` means all classes in order.
     """
 
     embedding: Tensor
@@ -96,13 +98,15 @@ class ModelOutput:
     pooled: Tensor | None = None
     logits: Tensor | None = None
     margin_logits: Tensor | None = None
+    classes: Tensor | None = None
 
     def detach(self) -> ModelOutput:
         """A copy whose tensors are cut from the autograd graph."""
         return ModelOutput(
             embedding=self.embedding.detach(),
-            stages=[s.detach() for s in self.stages],
+            stages=[None if s is None else s.detach() for s in self.stages],
             pooled=None if self.pooled is None else self.pooled.detach(),
             logits=None if self.logits is None else self.logits.detach(),
             margin_logits=None if self.margin_logits is None else self.margin_logits.detach(),
+            classes=self.classes,
         )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 from facekd.models.base import FaceBackbone
+from facekd.models.heads import HEADS, ArcFace, CosFace, HeadOutput, SoftmaxHead, build_head
 from facekd.models.iresnet import IRESNET_LAYERS, IResNet
 from facekd.models.mobilefacenet import MobileFaceNet
 
@@ -35,4 +36,16 @@ def build_backbone(name: str, **kwargs) -> FaceBackbone:
     return model
 
 
-__all__ = ["BACKBONES", "FaceBackbone", "IResNet", "MobileFaceNet", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "ArcFace",
+    "CosFace",
+    "FaceBackbone",
+    "HeadOutput",
+    "IResNet",
+    "MobileFaceNet",
+    "SoftmaxHead",
+    "build_backbone",
+    "build_head",
+]

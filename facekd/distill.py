@@ -1,0 +1,140 @@
+"""The Distiller: student + margin head + weighted distillation losses + a frozen teacher.
+
+``Distiller(batch) -> {"loss": total, "ce": ..., "kd/<name>": ...}``: every term unweighted,
+the total weighted (``ce_weight * ce + sum_i w_i * kd_i``), so each term can be logged.
+
+The teacher is frozen: its parameters never require gradients, it runs under
+``torch.no_grad()``, it stays in ``eval()`` when the Distiller is put in ``train()`` (BatchNorm
+statistics untouched), and it is not a submodule that DDP or an optimizer could see. Its
+outputs come from a ``TeacherCache`` when one is given (no teacher forward at all) or from
+running it online on ``batch.teacher_view`` (the high-resolution view when there is one).
+
+Baseline students (no teacher, no losses) and teacher training (the "student" is the big
+model) run through the same class: the Trainer never asks which method it is running.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from facekd.losses.base import DistillLoss
+from facekd.types import Batch, ModelOutput
+
+log = logging.getLogger(__name__)
+
+
+class Distiller(nn.Module):
+    """Args:
+    student: backbone being trained (``forward_features``).
+    head: margin head for the identity loss, or ``None`` (distillation losses only).
+    losses: ``{name: DistillLoss}``; adapters they own train with the student.
+    weights: ``{name: weight}`` (default 1.0 each).
+    teacher: frozen backbone, or any module with ``forward_features`` (e.g. an ensemble).
+    teacher_head: head whose margin-free logits fill ``teacher.logits`` (Hinton KD).
+    teacher_cache: precomputed teacher outputs looked up by ``batch.index``.
+    ce_weight: weight of the identity (cross-entropy) term.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        head: nn.Module | None = None,
+        losses: dict[str, DistillLoss] | None = None,
+        weights: dict[str, float] | None = None,
+        teacher: nn.Module | None = None,
+        teacher_head: nn.Module | None = None,
+        teacher_cache=None,
+        ce_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        losses = losses or {}
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(losses))
+        if unknown:
+            raise ValueError(f"weights given for losses that are not configured: {unknown}")
+        if losses and teacher is None and teacher_cache is None:
+            raise ValueError(
+                f"distillation losses {sorted(losses)} need a teacher or a teacher cache"
+            )
+        if head is None and not losses:
+            raise ValueError("nothing to train: give a head (identity loss) or losses")
+        self.student = student
+        self.head = head
+        self.losses = nn.ModuleDict(losses)
+        self.weights = {name: float(weights.get(name, 1.0)) for name in losses}
+        self.ce_weight = float(ce_weight)
+        # kept out of the module tree: no optimizer, DDP or state_dict ever sees the teacher
+        self.__dict__["teacher"] = teacher
+        self.__dict__["teacher_head"] = teacher_head
+        self.teacher_cache = teacher_cache
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        if teacher_head is not None:
+            teacher_head.eval().requires_grad_(False)
+        self.requires = frozenset().union(*(loss.requires for loss in losses.values()))
+        if teacher_cache is not None:
+            missing = self.requires - set(teacher_cache.fields) - {"logits"}
+            if missing:
+                raise ValueError(
+                    f"the teacher cache holds {sorted(teacher_cache.fields)} but the losses "
+                    f"need {sorted(missing)} too; rebuild it with those fields"
+                )
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never leaves eval mode
+        return self
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch: Batch) -> ModelOutput:
+        """The teacher's view of the batch, from the cache or an online forward pass."""
+        if self.teacher_cache is not None:
+            if batch.index is None:
+                raise ValueError("a teacher cache needs Batch.index (data-set indices)")
+            out = self.teacher_cache.lookup(batch.index, device=batch.images.device)
+        else:
+            out = self.teacher.forward_features(batch.teacher_view)
+        if "logits" in self.requires:
+            if self.teacher_head is None:
+                raise ValueError("a loss needs teacher logits but no teacher_head was given")
+            out.logits = self.teacher_head(out.embedding.float(), None).logits
+        return out.detach()
+
+    def _identity_loss(self, out: ModelOutput, labels: Tensor) -> Tensor:
+        head_out = self.head(out.embedding, labels)
+        out.logits, out.margin_logits = head_out.logits, head_out.margin_logits
+        out.classes = head_out.classes  # Partial FC: the sampled columns, for logit-level KD
+        return self.head.loss(head_out)
+
+    @torch.no_grad()
+    def prepare(self, batch: Batch) -> None:
+        """Dry run: lets losses size their adapters from real shapes (call before the optimizer)."""
+        was_training = self.training
+        self.eval()
+        student = self.student.forward_features(batch.images)
+        teacher = self.teacher_outputs(batch) if len(self.losses) else None
+        for loss in self.losses.values():
+            loss.build(student.detach(), teacher)
+        self.train(was_training)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        student = self.student.forward_features(batch.images)
+        terms: dict[str, Tensor] = {}
+        total = student.embedding.new_zeros(())
+        if self.head is not None:
+            terms["ce"] = self._identity_loss(student, batch.labels)
+            total = total + self.ce_weight * terms["ce"]
+        if len(self.losses):
+            teacher = self.teacher_outputs(batch)
+            for name, loss in self.losses.items():
+                terms[f"kd/{name}"] = loss(student, teacher, batch)
+                total = total + self.weights[name] * terms[f"kd/{name}"]
+        return {"loss": total, **terms}
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """Parameters and buffers owned by the losses (saved apart from the student)."""
+        return self.losses.state_dict()

@@ -1,0 +1,27 @@
+"""Distillation losses, built by name from a plain-dict registry (one file per family)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from facekd.losses.base import TEACHER_FIELDS, DistillLoss
+from facekd.losses.embedding import EmbeddingMimic
+
+LOSSES: dict[str, Callable[..., DistillLoss]] = {
+    "embedding": EmbeddingMimic,
+}
+
+
+def build_loss(name: str, **kwargs) -> DistillLoss:
+    """Build a registered distillation loss; unknown names list the valid ones."""
+    if name not in LOSSES:
+        raise KeyError(
+            f"unknown distillation loss {name!r}; valid names: {', '.join(sorted(LOSSES))}"
+        )
+    try:
+        return LOSSES[name](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"build_loss({name!r}): {err}") from None
+
+
+__all__ = ["LOSSES", "TEACHER_FIELDS", "DistillLoss", "build_loss"]

@@ -1,0 +1,454 @@
+"""The one Trainer: teacher training, baseline students and every distillation method.
+
+It trains a ``Distiller`` (whatever its losses) and owns everything about *how*: device,
+autocast (bf16 / fp16, a grad scaler only for fp16), channels_last, gradient accumulation and
+clipping, warm-up + cosine / poly / constant learning rate, SGD / AdamW, DDP under torchrun,
+periodic evaluation, TensorBoard + CSV logs, a tqdm bar, atomic checkpoints, exact resume and
+non-finite-loss detection.
+
+Exact resume: a checkpoint holds the student, head and loss adapters, the optimizer, the
+scheduler, the scaler, every RNG state and the batch sampler's position, and the data pipeline
+derives each item's augmentation randomness from (seed, epoch, index) (``SeededItems``), so a
+run killed at any point and resumed logs the same loss curve as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from facekd import dist
+from facekd.data.batching import collate_batch
+from facekd.models.checkpoints import FORMAT as BACKBONE_FORMAT
+from facekd.models.checkpoints import atomic_save
+
+log = logging.getLogger(__name__)
+FORMAT = "facekd.train/1"
+
+
+class NonFiniteLossError(RuntimeError):
+    """NaN or inf in training; the message names the step, the terms and the last checkpoint."""
+
+
+@dataclass
+class TrainSettings:
+    """How to train (the Trainer's knobs; see ``facekd.config.TrainConfig`` for the YAML side)."""
+
+    steps: int = 1000
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    accumulate: int = 1
+    clip_grad_norm: float = 0.0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 0
+    seed: int = 0
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    # numpy's key array goes in as a tensor so checkpoints load with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a data set so item ``(epoch, i)`` is produced under RNGs seeded by (seed, epoch, i).
+
+    Random augmentation then depends only on *which* item is drawn, not on worker processes or
+    on when the iterator was created, which is what makes mid-epoch resume exact.
+    """
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        item_seed = (self.seed * 1_000_003 + epoch * 7_919 + i) % 2**31
+        saved = random.getstate(), np.random.get_state()  # leave the caller's RNGs as they were
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                return self.dataset[i]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+
+class _EpochTagged:
+    """Batch sampler adaptor: yields ``[(epoch, i), ...]`` for ``SeededItems``.
+
+    The Trainer, not the sampler, counts the batches it has consumed (DataLoader workers
+    prefetch, so a sampler's own position runs ahead); on resume the first ``skip`` batches of
+    the epoch are drawn and dropped, which only needs the sampler to be deterministic per epoch.
+    """
+
+    def __init__(self, batch_sampler) -> None:
+        self.batch_sampler = batch_sampler
+        self.epoch = 0
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) - self.skip
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for j, batch in enumerate(self.batch_sampler):
+            if j >= skip:
+                yield [(self.epoch, int(i)) for i in batch]
+
+
+def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``t``: linear warm-up, then the decay."""
+    total, warm, floor = settings.steps, settings.warmup_steps, settings.min_lr_ratio
+
+    def f(t: int) -> float:
+        if warm and t < warm:
+            return (t + 1) / warm
+        progress = min(1.0, (t - warm) / max(1, total - warm))
+        if settings.schedule == "cosine":
+            decay = 0.5 * (1 + math.cos(math.pi * progress))
+        elif settings.schedule == "poly":
+            decay = (1 - progress) ** 2
+        else:
+            decay = 1.0
+        return floor + (1 - floor) * decay
+
+    return f
+
+
+def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+class Trainer:
+    """Train a ``Distiller`` for ``settings.steps`` optimizer steps.
+
+    Args:
+        distiller: the model to train (its teacher stays frozen and outside DDP).
+        dataset: items per ``facekd.data.batching``.
+        batch_sampler: yields lists of indices per batch; must be deterministic given
+            ``set_epoch(epoch)`` (facekd samplers are), which is all exact resume needs.
+        settings: ``TrainSettings``.
+        out_dir: checkpoints, logs, the final student.
+        evaluate: optional ``f(student) -> {metric: value}`` run every ``eval_every`` steps
+            and at the end (rank 0).
+        config: resolved configuration saved inside checkpoints (a plain dict).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        distiller,
+        dataset,
+        batch_sampler,
+        settings: TrainSettings,
+        out_dir,
+        evaluate=None,
+        config: dict | None = None,
+        num_workers: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device) if device is not None else dist.init_from_env()
+        seed_everything(settings.seed + dist.rank())
+        self.distiller = distiller.to(self.device)
+        if distiller.teacher is not None:
+            distiller.teacher.to(self.device)
+        if distiller.teacher_head is not None:
+            distiller.teacher_head.to(self.device)
+        if settings.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+            if distiller.teacher is not None:
+                distiller.teacher.to(memory_format=torch.channels_last)
+        self.sampler = batch_sampler
+        self._tagged = _EpochTagged(batch_sampler)
+        self.loader = torch.utils.data.DataLoader(
+            SeededItems(dataset, settings.seed),
+            batch_sampler=self._tagged,
+            num_workers=num_workers,
+            collate_fn=collate_batch,
+            persistent_workers=False,
+        )
+        self.evaluate = evaluate
+        self.config = config or {}
+        self.step = 0
+        self.epoch = 0
+        self.consumed = 0  # batches of the current epoch already trained on
+        self.history: list[dict] = []
+        self._prepared = False
+
+    # -- construction of the pieces that depend on the dry run ---------------------------
+    def _prepare(self, first_batch) -> None:
+        self.distiller.prepare(first_batch.to(self.device))  # size loss adapters
+        self.distiller.to(self.device)
+        self.optimizer = build_optimizer(self.distiller.parameters(), self.settings)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.settings))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.amp == "fp16")
+        self.model = self.distiller
+        if dist.world_size() > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.distiller,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        self._prepared = True
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        student = dist.unwrap(self.distiller.student)
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "student": {
+                "format": BACKBONE_FORMAT,
+                "arch": getattr(student, "arch", ""),
+                "arch_kwargs": getattr(student, "arch_kwargs", {}),
+                "state_dict": student.state_dict(),
+            },
+            "head": None if self.distiller.head is None else self.distiller.head.state_dict(),
+            "adapters": self.distiller.adapter_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "config": self.config,
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if not dist.is_main():
+            return None
+        return atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``path`` (default: ``out_dir/checkpoint.pt``) if it exists; True when resumed."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if not path.exists():
+            return False
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a facekd training checkpoint")
+        self._pending_resume = ckpt
+        return True
+
+    def _apply_resume(self, ckpt: dict) -> None:
+        dist.unwrap(self.distiller.student).load_state_dict(ckpt["student"]["state_dict"])
+        if self.distiller.head is not None:
+            self.distiller.head.load_state_dict(ckpt["head"])
+        self.distiller.losses.load_state_dict(ckpt["adapters"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.consumed = self._tagged.skip = ckpt["consumed"]
+        self.step, self.epoch, self.history = ckpt["step"], ckpt["epoch"], ckpt["history"]
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from step %d (epoch %d)", self.step, self.epoch)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _autocast(self):
+        amp = self.settings.amp
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+        if bad:
+            last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step}: {bad} (all terms: "
+                f"{ {k: float(v) for k, v in terms.items()} }). Training stopped; the last good "
+                f"checkpoint is {last}. Lower the learning rate, enable clip_grad_norm, or use "
+                "bf16 instead of fp16."
+            )
+
+    def _log(self, row: dict, writer) -> None:
+        self.history.append(row)
+        if not dist.is_main():
+            return
+        path = self.out_dir / "log.csv"
+        fields = list(row)
+        new = not path.exists()
+        if not new:
+            with path.open() as f:
+                fields = next(csv.reader(f))
+            fields += [k for k in row if k not in fields]
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, row["step"])
+
+    def _run_eval(self) -> dict:
+        if self.evaluate is None or not dist.is_main():
+            return {}
+        student = dist.unwrap(self.distiller.student)
+        was = student.training
+        student.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = {f"eval/{k}": float(v) for k, v in self.evaluate(student).items()}
+        student.train(was)
+        return metrics
+
+    def fit(self, stop_at: int | None = None) -> list[dict]:
+        """Train until ``settings.steps`` (or pause after step ``stop_at``, checkpointed, so a
+        later ``resume(); fit()`` continues); returns the logged history."""
+        s = self.settings
+        stop_at = s.steps if stop_at is None else min(stop_at, s.steps)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        dataset = self.loader.dataset.dataset
+        self._prepare(collate_batch([dataset[i] for i in range(min(2, len(dataset)))]))
+        if getattr(self, "_pending_resume", None) is not None:
+            self._apply_resume(self._pending_resume)
+            self._pending_resume = None
+        writer = None
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self.distiller.train()
+        bar = tqdm(
+            total=s.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (s.progress and dist.is_main()),
+        )
+        sums: dict[str, float] = {}
+        count, micro, tick = 0, 0, time.perf_counter()
+        while self.step < stop_at:
+            self.sampler.set_epoch(self.epoch)
+            self._tagged.epoch = self.epoch
+            for batch in self.loader:
+                batch = batch.to(self.device, non_blocking=True)
+                if s.channels_last:
+                    batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    terms = self.model(batch)
+                self._check_finite(terms)
+                self.scaler.scale(terms["loss"] / s.accumulate).backward()
+                self.consumed += 1
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                count += 1
+                micro += 1
+                if micro % s.accumulate:
+                    continue
+                self.scaler.unscale_(self.optimizer)
+                if s.clip_grad_norm > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(
+                        self.distiller.parameters(), s.clip_grad_norm
+                    )
+                    if not torch.isfinite(norm) and s.amp != "fp16":
+                        self._check_finite({"grad_norm": norm})
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                metrics = {}
+                if s.eval_every and self.step % s.eval_every == 0 and self.step < s.steps:
+                    metrics = self._run_eval()
+                if self.step % s.log_every == 0 or self.step == s.steps or metrics:
+                    elapsed = time.perf_counter() - tick
+                    row = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    }
+                    row.update({k: v / count for k, v in sums.items()})
+                    row["img_per_s"] = count * len(batch) * dist.world_size() / max(elapsed, 1e-9)
+                    row.update(metrics)
+                    self._log(row, writer)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    sums, count, tick = {}, 0, time.perf_counter()
+                if self.step % s.checkpoint_every == 0 or self.step in (s.steps, stop_at):
+                    self.save_checkpoint()
+                if self.step >= stop_at:
+                    break
+            else:
+                self.epoch, self.consumed = self.epoch + 1, 0
+                continue
+            break
+        bar.close()
+        if self.step < s.steps:  # paused: the run goes on after resume()
+            if writer is not None:
+                writer.close()
+            return self.history
+        final = self._run_eval()
+        if final:
+            self._log({"step": self.step, "epoch": self.epoch, **final}, writer)
+            self.save_checkpoint()
+        if writer is not None:
+            writer.close()
+        self.save_student()
+        return self.history
+
+    def save_student(self) -> Path | None:
+        """The trained student alone (facekd backbone format, no head, no adapters)."""
+        if not dist.is_main():
+            return None
+        from facekd.models.checkpoints import save_backbone
+
+        return save_backbone(dist.unwrap(self.distiller.student), self.out_dir / "student.pt")
