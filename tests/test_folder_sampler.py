@@ -198,3 +198,17 @@ def test_as_dataloader_batch_sampler(tmp_path):
     for batch in batches:
         assert sorted(Counter(batch.labels.tolist()).values()) == [2, 2]
         assert torch.equal(batch.labels, torch.as_tensor(ds.labels[batch.index.numpy()]))
+
+
+def test_shuffled_batches_are_disjoint_across_ranks_and_deterministic():
+    from facekd.data.sampler import ShuffledBatchSampler
+
+    ranks = [ShuffledBatchSampler(103, 5, seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = [i for s in ranks for b in s for i in b]
+    assert len(ranks[0]) == len(ranks[1]) == 10 and len(seen) == len(set(seen)) == 100
+    first = list(ranks[0])
+    assert first == list(ranks[0])
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != first
+    with pytest.raises(ValueError, match="cannot fill one global batch"):
+        ShuffledBatchSampler(7, 4, rank=0, world_size=2)

@@ -171,3 +171,48 @@ class PKBatchSampler(Sampler[list[int]]):
 
 
 _FIXED = ("seed", "p", "k", "min_images", "world_size", "num_batches")
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Plain shuffled mini-batches (identity-classification training), DDP-aware.
+
+    Each epoch is a permutation of all indices drawn from ``(seed, epoch)`` (identical on every
+    rank), cut into global batches of ``batch_size * world_size``; rank ``r`` takes the ``r``-th
+    slice of each, so ranks are disjoint and equally long. A final incomplete global batch is
+    dropped (BatchNorm and margin heads dislike tiny batches).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        initialised = dist.is_available() and dist.is_initialized()
+        self.world_size = int(
+            world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
+        )
+        self.rank = int(rank if rank is not None else (dist.get_rank() if initialised else 0))
+        if batch_size < 1 or num_items < batch_size * self.world_size:
+            raise ValueError(
+                f"{num_items} items cannot fill one global batch of {batch_size} x "
+                f"{self.world_size} rank(s)"
+            )
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_items // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        step = self.batch_size * self.world_size
+        for b in range(len(self)):
+            start = b * step + self.rank * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
