@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from facekd.train_settings import TrainSettings
+
 T = TypeVar("T")
 
 
@@ -145,3 +147,84 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
+
+
+# -- the experiment schema (what `facekd train CONFIG` reads) -------------------------------
+@dataclasses.dataclass
+class ModelSpec:
+    """A backbone: registry name, facekd / insightface checkpoint or legacy MXNet prefix."""
+
+    name: str = "mobilefacenet"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class HeadSpec:
+    """Margin head (``facekd.models.HEADS``): arcface / cosface / softmax and its keywords."""
+
+    name: str = "arcface"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TeacherSpec:
+    """The frozen teacher. ``model`` None: no teacher (teacher training or a baseline)."""
+
+    model: str | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    head: str | None = None  # training checkpoint whose head gives teacher logits (Hinton)
+    cache: str | None = None  # directory of precomputed outputs: built if absent
+    cache_stages: list[int] = dataclasses.field(default_factory=list)
+    cache_dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclasses.dataclass
+class LossSpec:
+    """One distillation term: ``facekd.losses.LOSSES`` name, weight, keywords."""
+
+    name: str = "embedding"
+    weight: float = 1.0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """Training data and batching."""
+
+    source: Literal["synthetic", "folder", "recordio"] = "synthetic"
+    path: str | None = None  # folder root or directory holding train.rec / train.idx
+    identities: int = 64  # synthetic only
+    images_per_identity: int = 16  # synthetic only
+    image_size: int = 112  # the aligned crop (and the teacher's view)
+    student_size: int | None = None  # low-resolution student view (Karlekar et al., 2019)
+    augment: dict = dataclasses.field(default_factory=lambda: {"flip_p": 0.5})
+    sampler: Literal["shuffled", "pk"] = "shuffled"
+    batch_size: int = 64  # per rank; for "pk" batches are p * k
+    p: int = 16
+    k: int = 4
+    workers: int = 2
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalSpec:
+    """Periodic verification during training."""
+
+    every: int = 0  # optimizer steps; 0: only at the end
+    synthetic_pairs: int = 0  # > 0: held-out synthetic identities, this many pairs
+    bins: list[str] = dataclasses.field(default_factory=list)  # verification .bin files
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything `facekd train` needs; YAML files override only what differs."""
+
+    out_dir: str = "runs/experiment"
+    student: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    head: HeadSpec | None = dataclasses.field(default_factory=HeadSpec)
+    teacher: TeacherSpec = dataclasses.field(default_factory=TeacherSpec)
+    losses: list[LossSpec] = dataclasses.field(default_factory=list)
+    ce_weight: float = 1.0
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    train: TrainSettings = dataclasses.field(default_factory=lambda: TrainSettings())
+    eval: EvalSpec = dataclasses.field(default_factory=EvalSpec)

@@ -182,11 +182,19 @@ def build_teacher_cache(
     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
         out = teacher.forward_features(batch.to(device).teacher_view)
         b = len(batch)
-        arrays["embedding"][pos : pos + b] = out.embedding.float().cpu().numpy()
+        values = {"embedding": out.embedding}
         if "pooled" in arrays:
-            arrays["pooled"][pos : pos + b] = out.pooled.float().cpu().numpy()
-        for s in stages:
-            arrays[f"stage{s}"][pos : pos + b] = out.stages[s].float().cpu().numpy()
+            values["pooled"] = out.pooled
+        values.update({f"stage{s}": out.stages[s] for s in stages})
+        for name, value in values.items():
+            stored = value.float().cpu().numpy().astype(dtype)
+            if not np.isfinite(stored).all():  # NaN teacher, or a value beyond float16's range
+                peak = float(value.float().abs().nan_to_num(float("inf")).max())
+                raise ValueError(
+                    f"teacher {name} of items {pos}..{pos + b - 1} is not finite once stored as "
+                    f"{dtype} (max |value| {peak:.4g}); check the teacher, or use dtype='float32'"
+                )
+            arrays[name][pos : pos + b] = stored
         pos += b
         for a in arrays.values():
             a.flush()

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +29,7 @@ from facekd import dist
 from facekd.data.batching import collate_batch
 from facekd.models.checkpoints import FORMAT as BACKBONE_FORMAT
 from facekd.models.checkpoints import atomic_save
+from facekd.train_settings import TrainSettings, build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
 FORMAT = "facekd.train/1"
@@ -40,29 +37,6 @@ FORMAT = "facekd.train/1"
 
 class NonFiniteLossError(RuntimeError):
     """NaN or inf in training; the message names the step, the terms and the last checkpoint."""
-
-
-@dataclass
-class TrainSettings:
-    """How to train (the Trainer's knobs; see ``facekd.config.TrainConfig`` for the YAML side)."""
-
-    steps: int = 1000
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    accumulate: int = 1
-    clip_grad_norm: float = 0.0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    eval_every: int = 0
-    seed: int = 0
-    progress: bool = True
 
 
 def seed_everything(seed: int) -> None:
@@ -142,34 +116,6 @@ class _EpochTagged:
         for j, batch in enumerate(self.batch_sampler):
             if j >= skip:
                 yield [(self.epoch, int(i)) for i in batch]
-
-
-def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
-    """Multiplier of the base LR at optimizer step ``t``: linear warm-up, then the decay."""
-    total, warm, floor = settings.steps, settings.warmup_steps, settings.min_lr_ratio
-
-    def f(t: int) -> float:
-        if warm and t < warm:
-            return (t + 1) / warm
-        progress = min(1.0, (t - warm) / max(1, total - warm))
-        if settings.schedule == "cosine":
-            decay = 0.5 * (1 + math.cos(math.pi * progress))
-        elif settings.schedule == "poly":
-            decay = (1 - progress) ** 2
-        else:
-            decay = 1.0
-        return floor + (1 - floor) * decay
-
-    return f
-
-
-def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 class Trainer:

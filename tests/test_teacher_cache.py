@@ -125,3 +125,11 @@ def test_distiller_refuses_a_cache_without_the_needed_fields(tmp_path):
     student = build_backbone("mobilefacenet", width=0.25, input_size=32)
     with pytest.raises(ValueError, match="pooled"):
         Distiller(student, losses={"p": NeedsPooled()}, teacher_cache=cache)
+
+
+def test_values_beyond_float16_are_refused_not_stored_as_inf(tmp_path):
+    teacher = _teacher()
+    with torch.no_grad():
+        teacher.features.bias.fill_(1e6)
+    with pytest.raises(ValueError, match="not finite once stored as float16"):
+        build_teacher_cache(teacher, Faces(), tmp_path / "c", "p", progress=False)

@@ -1,0 +1,164 @@
+"""From an ``ExperimentConfig`` to a ready ``Trainer``: the glue behind ``facekd train``.
+
+Nothing here knows about distillation methods: losses come from the registry by name, and
+what a method needs from the data (a low-resolution student view, P x K batches) is plain data
+configuration. Teacher training, baseline students and every distillation run go through
+``build_trainer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from facekd.config import ExperimentConfig, to_dict
+from facekd.data.augment import build_transform
+from facekd.data.sampler import PKBatchSampler, ShuffledBatchSampler
+from facekd.distill import Distiller
+from facekd.losses import build_loss
+from facekd.models import build_head
+from facekd.models.checkpoints import load_backbone
+from facekd.teacher_cache import TeacherCache, build_teacher_cache
+
+log = logging.getLogger(__name__)
+
+
+def _augment_spec(cfg: ExperimentConfig, deterministic: bool = False) -> dict:
+    spec = dict(cfg.data.augment)
+    if cfg.data.student_size is not None:
+        spec["low_res_size"] = cfg.data.student_size  # paired views: student low, teacher high
+    if deterministic:  # the teacher cache sees each face once, without random changes
+        spec = {k: v for k, v in spec.items() if k in ("low_res_size", "interpolation")}
+        spec["flip_p"] = 0.0
+    return spec
+
+
+def teacher_view_is_random(spec: dict) -> bool:
+    """Whether augmentation changes what the teacher sees (then a cache cannot stand in)."""
+    return any(float(spec.get(k, 0.0)) > 0 for k in ("flip_p", "photometric_p", "occlusion_p"))
+
+
+def build_dataset(cfg: ExperimentConfig, transform):
+    d = cfg.data
+    if d.source == "synthetic":
+        from facekd.data.synthetic import SyntheticFaces
+
+        return SyntheticFaces(
+            d.identities, d.images_per_identity, size=d.image_size, seed=d.seed, transform=transform
+        )
+    if d.path is None:
+        raise ValueError(f"data.source={d.source!r} needs data.path")
+    if d.source == "folder":
+        from facekd.data.folder import ImageFolderDataset
+
+        return ImageFolderDataset(d.path, transform=transform)
+    from facekd.data.recordio import RecordIODataset
+
+    return RecordIODataset(d.path, transform=transform)
+
+
+def _batch_sampler(cfg: ExperimentConfig, dataset):
+    d = cfg.data
+    if d.sampler == "pk":
+        return PKBatchSampler(dataset.labels, d.p, d.k, seed=d.seed)
+    return ShuffledBatchSampler(len(dataset), d.batch_size, seed=d.seed)
+
+
+def _teacher_head(path: str):
+    """The margin head saved in a facekd training checkpoint (for teacher logits)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    head_state = ckpt.get("head")
+    meta = ckpt.get("config", {}).get("head") or {}
+    if head_state is None or not meta:
+        raise ValueError(f"{path} holds no margin head; train the teacher with a head first")
+    num_classes, dim = head_state["weight"].shape
+    head = build_head(
+        meta["name"], num_classes=num_classes, embedding_size=dim, **meta.get("kwargs", {})
+    )
+    head.load_state_dict(head_state)
+    return head.eval()
+
+
+def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
+    student = load_backbone(
+        cfg.student.name,
+        input_size=cfg.data.student_size or cfg.data.image_size,
+        **cfg.student.kwargs,
+    )
+    student.train()
+    head = None
+    if cfg.head is not None:
+        head = build_head(
+            cfg.head.name,
+            num_classes=dataset.num_classes,
+            embedding_size=student.num_features,
+            **cfg.head.kwargs,
+        )
+    losses = {spec.name: build_loss(spec.name, **spec.kwargs) for spec in cfg.losses}
+    weights = {spec.name: spec.weight for spec in cfg.losses}
+    t = cfg.teacher
+    teacher = load_backbone(t.model, **t.kwargs) if t.model else None
+    teacher_head = _teacher_head(t.head) if t.head else None
+    cache = None
+    if teacher is not None and t.cache and losses:
+        spec = _augment_spec(cfg)
+        if teacher_view_is_random(spec):
+            log.warning(
+                "augmentation %s changes the teacher's input: running the teacher online, "
+                "the cache at %s is not used",
+                {k: v for k, v in spec.items() if k.endswith("_p")},
+                t.cache,
+            )
+        else:
+            clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
+            fields = ("embedding", "pooled")
+            preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
+            cache = build_teacher_cache(
+                teacher,
+                clean,
+                t.cache,
+                preprocessing,
+                fields=fields,
+                stages=tuple(t.cache_stages),
+                num_workers=cfg.data.workers,
+            )
+            log.info("teacher outputs come from the cache at %s", t.cache)
+    return Distiller(
+        student,
+        head=head,
+        losses=losses,
+        weights=weights,
+        teacher=None if cache else teacher,
+        teacher_head=teacher_head,
+        teacher_cache=cache,
+        ce_weight=cfg.ce_weight,
+    )
+
+
+def build_trainer(cfg: ExperimentConfig, evaluate=None):
+    from facekd.train import Trainer
+
+    dataset = build_dataset(cfg, build_transform(_augment_spec(cfg)))
+    distiller = build_distiller(cfg, dataset)
+    out_dir = Path(cfg.out_dir)
+    return Trainer(
+        distiller,
+        dataset,
+        _batch_sampler(cfg, dataset),
+        cfg.train,
+        out_dir,
+        evaluate=evaluate,
+        config=to_dict(cfg),
+        num_workers=cfg.data.workers,
+    )
+
+
+__all__ = [
+    "TeacherCache",
+    "build_dataset",
+    "build_distiller",
+    "build_trainer",
+    "teacher_view_is_random",
+]

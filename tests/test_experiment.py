@@ -1,0 +1,73 @@
+"""Config -> Trainer: teacher training, then distillation through a teacher cache, tiny sizes."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from facekd.config import ExperimentConfig, load_config
+from facekd.experiment import build_trainer
+from facekd.models.checkpoints import load_backbone
+
+TINY = [
+    "data.identities=6",
+    "data.images_per_identity=4",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.workers=0",
+    "train.steps=2",
+    "train.progress=false",
+    "train.log_every=1",
+]
+
+
+def test_teacher_then_cached_distillation(tmp_path, caplog):
+    teacher_cfg = load_config(
+        ExperimentConfig,
+        None,
+        TINY
+        + [f"out_dir={tmp_path / 't'}", "student.name=iresnet18", "student.kwargs={width: 0.125}"],
+    )
+    history = build_trainer(teacher_cfg).fit()
+    assert [r["step"] for r in history] == [1, 2] and all("ce" in r for r in history)
+    teacher_path = tmp_path / "t" / "checkpoint.pt"
+    assert load_backbone(teacher_path).arch == "iresnet18"
+
+    student_cfg = load_config(
+        ExperimentConfig,
+        None,
+        TINY
+        + [
+            f"out_dir={tmp_path / 's'}",
+            "student.kwargs={width: 0.25, num_features: 512}",
+            f"teacher.model={teacher_path}",
+            f"teacher.cache={tmp_path / 'cache'}",
+            "teacher.cache_dtype=float32",  # 2 steps of teacher training: huge activations
+            "losses=[{name: embedding, weight: 2.0}]",
+            "data.augment={flip_p: 0.0}",
+        ],
+    )
+    trainer = build_trainer(student_cfg)
+    assert trainer.distiller.teacher_cache is not None and trainer.distiller.teacher is None
+    history = trainer.fit()
+    assert all({"ce", "kd/embedding"} <= set(r) for r in history)
+    assert (tmp_path / "cache" / "meta.json").exists()
+
+    # a random flip changes the teacher's view: the teacher runs online and the log says so
+    online_cfg = load_config(
+        ExperimentConfig,
+        None,
+        [
+            *TINY[:-3],
+            f"out_dir={tmp_path / 'o'}",
+            "student.kwargs={width: 0.25, num_features: 512}",
+            f"teacher.model={teacher_path}",
+            f"teacher.cache={tmp_path / 'cache'}",
+            "losses=[{name: embedding}]",
+        ],
+    )
+    with caplog.at_level(logging.WARNING):
+        trainer = build_trainer(online_cfg)
+    assert trainer.distiller.teacher is not None and "running the teacher online" in caplog.text
+    assert isinstance(trainer.distiller.teacher, torch.nn.Module)
