@@ -20,7 +20,7 @@ setup(
         "torchvision>=0.18,<=0.29.1",
         "facenet-pytorch>=2.5.3",
         "opencv-python-headless>=4.8",
-        "albumentations>=1.4",
+        "albumentations>=2.0",
         "scikit-learn>=1.3",
         "numpy>=1.24",
         "onnx>=1.15",
