@@ -176,6 +176,9 @@ class TeacherSpec:
     cache: str | None = None  # directory of precomputed outputs: built if absent
     cache_stages: list[int] = dataclasses.field(default_factory=list)
     cache_dtype: Literal["float16", "float32"] = "float16"
+    bf16: bool = (
+        False  # online teacher under bf16 autocast (channels_last when train.channels_last)
+    )
 
 
 @dataclasses.dataclass

@@ -26,6 +26,15 @@ from facekd.types import Batch, ModelOutput
 log = logging.getLogger(__name__)
 
 
+def _to_float(out: ModelOutput) -> ModelOutput:
+    def f(t):
+        return None if t is None else t.float()
+
+    return ModelOutput(
+        embedding=f(out.embedding), stages=[f(s) for s in out.stages], pooled=f(out.pooled)
+    )
+
+
 class Distiller(nn.Module):
     """Args:
     student: backbone being trained (``forward_features``).
@@ -36,6 +45,8 @@ class Distiller(nn.Module):
     teacher_head: head whose margin-free logits fill ``teacher.logits`` (Hinton KD).
     teacher_cache: precomputed teacher outputs looked up by ``batch.index``.
     ce_weight: weight of the identity (cross-entropy) term.
+    teacher_bf16: run the online teacher under bf16 autocast (its outputs are cast back to
+        float32); with a channels_last teacher this is ~3x faster on recent CPUs.
     """
 
     def __init__(
@@ -48,6 +59,7 @@ class Distiller(nn.Module):
         teacher_head: nn.Module | None = None,
         teacher_cache=None,
         ce_weight: float = 1.0,
+        teacher_bf16: bool = False,
     ) -> None:
         super().__init__()
         losses = losses or {}
@@ -66,6 +78,7 @@ class Distiller(nn.Module):
         self.losses = nn.ModuleDict(losses)
         self.weights = {name: float(weights.get(name, 1.0)) for name in losses}
         self.ce_weight = float(ce_weight)
+        self.teacher_bf16 = bool(teacher_bf16)
         # kept out of the module tree: no optimizer, DDP or state_dict ever sees the teacher
         self.__dict__["teacher"] = teacher
         self.__dict__["teacher_head"] = teacher_head
@@ -97,7 +110,10 @@ class Distiller(nn.Module):
                 raise ValueError("a teacher cache needs Batch.index (data-set indices)")
             out = self.teacher_cache.lookup(batch.index, device=batch.images.device)
         else:
-            out = self.teacher.forward_features(batch.teacher_view)
+            view = batch.teacher_view
+            with torch.autocast(view.device.type, dtype=torch.bfloat16, enabled=self.teacher_bf16):
+                out = self.teacher.forward_features(view)
+            out = _to_float(out)
         if "logits" in self.requires:
             if self.teacher_head is None:
                 raise ValueError("a loss needs teacher logits but no teacher_head was given")

@@ -134,6 +134,7 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
         teacher_head=teacher_head,
         teacher_cache=cache,
         ce_weight=cfg.ce_weight,
+        teacher_bf16=t.bf16,
     )
 
 
