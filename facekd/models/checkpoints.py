@@ -222,7 +222,7 @@ def load_backbone(
             f"{text!r} is neither a registered backbone ({', '.join(sorted(BACKBONES))}) "
             "nor an existing file"
         )
-    if text.endswith((".json", ".params")) or not path.exists():
+    if text.endswith((".json", ".params")) or not path.exists() or path.is_dir():
         from facekd.models.mxnet_legacy import load_mxnet_legacy
 
         return load_mxnet_legacy(text)
