@@ -156,6 +156,10 @@ class ModelSpec:
 
     name: str = "mobilefacenet"
     kwargs: dict = dataclasses.field(default_factory=dict)
+    # "kt": knowledge-transfer initialisation from the teacher (same architecture; Karlekar
+    # et al., 2019); the resolution-dependent FC / GDC kernel is re-initialised or resized
+    init: Literal["scratch", "kt"] = "scratch"
+    init_fc: Literal["reinit", "resize"] = "reinit"
 
 
 @dataclasses.dataclass

@@ -82,11 +82,18 @@ def _teacher_head(path: str):
 
 
 def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
-    student = load_backbone(
-        cfg.student.name,
-        input_size=cfg.data.student_size or cfg.data.image_size,
-        **cfg.student.kwargs,
-    )
+    t = cfg.teacher
+    teacher = load_backbone(t.model, **t.kwargs) if t.model else None
+    size = {"input_size": cfg.data.student_size or cfg.data.image_size, **cfg.student.kwargs}
+    if cfg.student.init == "kt":
+        if teacher is None:
+            raise ValueError("student.init=kt needs teacher.model (the weights to transfer)")
+        from facekd.models.transfer import build_kt_student
+
+        student, report = build_kt_student(teacher, fc=cfg.student.init_fc, **size)
+        log.info("KT initialisation: %s", report)
+    else:
+        student = load_backbone(cfg.student.name, **size)
     student.train()
     head = None
     if cfg.head is not None:
@@ -98,8 +105,6 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
         )
     losses = {spec.name: build_loss(spec.name, **spec.kwargs) for spec in cfg.losses}
     weights = {spec.name: spec.weight for spec in cfg.losses}
-    t = cfg.teacher
-    teacher = load_backbone(t.model, **t.kwargs) if t.model else None
     teacher_head = _teacher_head(t.head) if t.head else None
     cache = None
     if teacher is not None and t.cache and losses:

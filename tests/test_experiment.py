@@ -71,3 +71,37 @@ def test_teacher_then_cached_distillation(tmp_path, caplog):
         trainer = build_trainer(online_cfg)
     assert trainer.distiller.teacher is not None and "running the teacher online" in caplog.text
     assert isinstance(trainer.distiller.teacher, torch.nn.Module)
+
+
+def test_kt_initialised_low_resolution_student(tmp_path):
+    cfg = load_config(
+        ExperimentConfig,
+        None,
+        [
+            *TINY,
+            f"out_dir={tmp_path / 't'}",
+            "student.name=iresnet18",
+            "student.kwargs={width: 0.125, head: gap}",
+        ],
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    teacher_path = tmp_path / "t" / "student.pt"
+    kt = load_config(
+        ExperimentConfig,
+        None,
+        [
+            *TINY,
+            f"out_dir={tmp_path / 's'}",
+            "student.init=kt",
+            "data.student_size=16",
+            f"teacher.model={teacher_path}",
+            "losses=[{name: pooling_transfer}]",
+            "data.augment={flip_p: 0.0}",
+        ],
+    )
+    distiller = build_trainer(kt).distiller
+    teacher = load_backbone(teacher_path)
+    assert distiller.student.input_size == 16
+    assert torch.equal(distiller.student.conv1.weight, teacher.conv1.weight)
+    assert torch.equal(distiller.student.fc.weight, teacher.fc.weight), "gap head copies directly"

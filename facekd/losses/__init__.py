@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from facekd.losses.base import TEACHER_FIELDS, DistillLoss
 from facekd.losses.embedding import EmbeddingMimic
+from facekd.losses.pooling_transfer import PoolingTransfer
+from facekd.losses.triplet import TripletDistillation
 
 LOSSES: dict[str, Callable[..., DistillLoss]] = {
     "embedding": EmbeddingMimic,
+    "pooling_transfer": PoolingTransfer,
+    "triplet_distillation": TripletDistillation,
+    "triplet": partial(TripletDistillation, adaptive=False),  # plain fixed-margin baseline
 }
 
 
