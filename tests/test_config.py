@@ -74,3 +74,20 @@ def test_bad_yaml_files(tmp_path):
     (tmp_path / "b.yaml").write_text("steps: [1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Root, tmp_path / "b.yaml")
+
+
+def test_benchmark_configs_are_short_and_valid():
+    from pathlib import Path
+
+    from facekd.config import ExperimentConfig
+    from facekd.losses import LOSSES
+    from facekd.models import BACKBONES, HEADS
+
+    configs = sorted((Path(__file__).parents[1] / "benchmarks" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert len(path.read_text().splitlines()) <= 40, f"{path.name} is longer than 40 lines"
+        cfg = load_config(ExperimentConfig, path)
+        assert all(loss.name in LOSSES for loss in cfg.losses), path.name
+        assert cfg.head is None or cfg.head.name in HEADS
+        assert cfg.student.name in BACKBONES or cfg.student.name.endswith((".pt", ".pth"))
