@@ -225,3 +225,48 @@ class SyntheticFaces(Dataset):
             f"images_per_identity={self.images_per_identity}, size={self.size}, seed={self.seed}, "
             f"identity_offset={self.identity_offset}, nuisance={self.nuisance})"
         )
+
+
+def synthetic_pairset(
+    num_pairs: int = 600,
+    num_identities: int = 50,
+    images_per_identity: int = 6,
+    size: int = 112,
+    seed: int = 0,
+    identity_offset: int = 100_000,
+    n_folds: int = 10,
+):
+    """A verification protocol over *held-out* synthetic people (``identity_offset`` apart from
+    training identities): ``num_pairs`` pairs, half matched, in ``n_folds`` folds, each fold
+    holding equal numbers of matched and mismatched pairs (as in LFW's view 2).
+
+    Returns a ``facekd.data.verification.PairSet`` whose images are uint8 RGB arrays.
+    """
+    from facekd.data.verification import PairSet
+
+    if num_pairs % (2 * n_folds) or num_identities < 2 or images_per_identity < 2:
+        raise ValueError(
+            f"num_pairs must be a multiple of 2 * n_folds ({2 * n_folds}) and there must be "
+            f">= 2 identities with >= 2 images; got {num_pairs}, {num_identities}, "
+            f"{images_per_identity}"
+        )
+    faces = SyntheticFaces(
+        num_identities, images_per_identity, size, seed, identity_offset=identity_offset
+    )
+    images = [
+        faces.render(i // images_per_identity, i % images_per_identity)[0]
+        for i in range(len(faces))
+    ]
+    rng = np.random.default_rng([seed, identity_offset, num_pairs])
+    per_fold = num_pairs // (2 * n_folds)
+    pairs, issame, folds = [], [], []
+    for fold in range(n_folds):
+        for same in (True, False):
+            for _ in range(per_fold):
+                a = int(rng.integers(num_identities))
+                b = a if same else int((a + rng.integers(1, num_identities)) % num_identities)
+                i, j = rng.choice(images_per_identity, 2, replace=False)
+                pairs.append((a * images_per_identity + i, b * images_per_identity + j))
+                issame.append(same)
+                folds.append(fold)
+    return PairSet(images, np.array(pairs), np.array(issame), np.array(folds), name="synthetic")

@@ -7,11 +7,13 @@ from functools import partial
 
 from facekd.losses.base import TEACHER_FIELDS, DistillLoss
 from facekd.losses.embedding import EmbeddingMimic
+from facekd.losses.neuron_selection import NeuronSelectionLoss
 from facekd.losses.pooling_transfer import PoolingTransfer
 from facekd.losses.triplet import TripletDistillation
 
 LOSSES: dict[str, Callable[..., DistillLoss]] = {
     "embedding": EmbeddingMimic,
+    "neuron_selection": NeuronSelectionLoss,
     "pooling_transfer": PoolingTransfer,
     "triplet_distillation": TripletDistillation,
     "triplet": partial(TripletDistillation, adaptive=False),  # plain fixed-margin baseline
