@@ -215,9 +215,8 @@ class DataSpec:
 
 @dataclasses.dataclass
 class EvalSpec:
-    """Periodic verification during training."""
+    """Verification during training (every ``train.eval_every`` steps and at the end)."""
 
-    every: int = 0  # optimizer steps; 0: only at the end
     synthetic_pairs: int = 0  # > 0: held-out synthetic identities, this many pairs
     bins: list[str] = dataclasses.field(default_factory=list)  # verification .bin files
 

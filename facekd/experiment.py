@@ -143,9 +143,48 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
     )
 
 
+def build_evaluator(cfg: ExperimentConfig):
+    """``f(student) -> {"<set>/acc": ..., "<set>/tar@far=1e-3": ...}`` over the configured
+    verification sets (insightface 10-fold protocol), or ``None`` when none is configured.
+
+    Low-resolution students see the faces down-sampled to their input size (``degrade_to``).
+    """
+    from facekd.data.verification import read_bin
+    from facekd.evaluation.embed import extract_embeddings
+    from facekd.evaluation.verification import verify
+
+    sets = [read_bin(path) for path in cfg.eval.bins]
+    if cfg.eval.synthetic_pairs:
+        from facekd.data.synthetic import synthetic_pairset
+
+        sets.append(
+            synthetic_pairset(
+                cfg.eval.synthetic_pairs, size=cfg.data.image_size, seed=cfg.data.seed
+            )
+        )
+    if not sets:
+        return None
+
+    def evaluate(student) -> dict[str, float]:
+        metrics = {}
+        for ps in sets:
+            degrade = student.input_size if student.input_size < cfg.data.image_size else None
+            emb = extract_embeddings(
+                student, ps.images, batch_size=64, degrade_to=degrade, progress=False
+            )
+            folds = ps.folds if (ps.folds >= 0).all() else None
+            result = verify((emb[ps.pairs[:, 0]], emb[ps.pairs[:, 1]]), ps.issame, folds=folds)
+            metrics[f"{ps.name}/acc"] = result.accuracy
+            metrics[f"{ps.name}/auc"] = result.auc
+        return metrics
+
+    return evaluate
+
+
 def build_trainer(cfg: ExperimentConfig, evaluate=None):
     from facekd.train import Trainer
 
+    evaluate = evaluate or build_evaluator(cfg)
     dataset = build_dataset(cfg, build_transform(_augment_spec(cfg)))
     distiller = build_distiller(cfg, dataset)
     out_dir = Path(cfg.out_dir)

@@ -105,3 +105,21 @@ def test_kt_initialised_low_resolution_student(tmp_path):
     assert distiller.student.input_size == 16
     assert torch.equal(distiller.student.conv1.weight, teacher.conv1.weight)
     assert torch.equal(distiller.student.fc.weight, teacher.fc.weight), "gap head copies directly"
+
+
+def test_training_reports_verification_on_held_out_synthetic_people(tmp_path):
+    cfg = load_config(
+        ExperimentConfig,
+        None,
+        [
+            *TINY,
+            f"out_dir={tmp_path}",
+            "student.kwargs={width: 0.25}",
+            "eval.synthetic_pairs=20",
+            "train.eval_every=1",
+        ],
+    )
+    history = build_trainer(cfg).fit()
+    evals = [r for r in history if "eval/synthetic/acc" in r]
+    assert len(evals) >= 2  # after step 1 and at the end
+    assert all(0.0 <= r["eval/synthetic/acc"] <= 1.0 for r in evals)
