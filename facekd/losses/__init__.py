@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from facekd.losses.attention import AttentionTransfer
 from facekd.losses.base import TEACHER_FIELDS, DistillLoss
 from facekd.losses.embedding import EmbeddingMimic
+from facekd.losses.fitnets import FitNets
+from facekd.losses.fsp import FSP
+from facekd.losses.hinton import HintonKD
 from facekd.losses.neuron_selection import NeuronSelectionLoss
 from facekd.losses.pooling_transfer import PoolingTransfer
+from facekd.losses.relational import RKD, DarkRank
 from facekd.losses.triplet import TripletDistillation
 
 LOSSES: dict[str, Callable[..., DistillLoss]] = {
@@ -17,6 +22,12 @@ LOSSES: dict[str, Callable[..., DistillLoss]] = {
     "pooling_transfer": PoolingTransfer,
     "triplet_distillation": TripletDistillation,
     "triplet": partial(TripletDistillation, adaptive=False),  # plain fixed-margin baseline
+    "hinton": HintonKD,
+    "fitnets": FitNets,
+    "attention": AttentionTransfer,
+    "fsp": FSP,
+    "darkrank": DarkRank,
+    "rkd": RKD,
 }
 
 
