@@ -182,8 +182,11 @@ def build_evaluator(cfg: ExperimentConfig):
 
 
 def build_trainer(cfg: ExperimentConfig, evaluate=None):
-    from facekd.train import Trainer
+    from facekd import dist
+    from facekd.train import Trainer, seed_everything
 
+    dist.init_from_env()  # before the samplers: they split batches by rank (torchrun only)
+    seed_everything(cfg.train.seed)  # identical initial weights on every rank and every rerun
     evaluate = evaluate or build_evaluator(cfg)
     dataset = build_dataset(cfg, build_transform(_augment_spec(cfg)))
     distiller = build_distiller(cfg, dataset)
