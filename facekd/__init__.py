@@ -3,18 +3,32 @@
 Public API only; see README.md for the workflows.
 """
 
-from facekd.models import BACKBONES, build_backbone
+from facekd.distill import Distiller
+from facekd.evaluation import compare, evaluate_ijb, extract_embeddings, verify
+from facekd.losses import LOSSES, build_loss
+from facekd.models import BACKBONES, HEADS, build_backbone, build_head
 from facekd.models.checkpoints import CheckpointError, load_backbone, save_backbone
+from facekd.train import Trainer
 from facekd.types import Batch, ModelOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",
+    "HEADS",
+    "LOSSES",
     "Batch",
     "CheckpointError",
+    "Distiller",
     "ModelOutput",
+    "Trainer",
     "build_backbone",
+    "build_head",
+    "build_loss",
+    "compare",
+    "evaluate_ijb",
+    "extract_embeddings",
     "load_backbone",
     "save_backbone",
+    "verify",
 ]

@@ -133,6 +133,7 @@ def _common(out: Path, s: DemoSize, name: str) -> dict:
         "train": {
             "steps": s.steps,
             "lr": 0.1,
+            "clip_grad_norm": 5.0,  # regression losses on raw embeddings start with big gradients
             "warmup_steps": max(1, s.steps // 10),
             "log_every": max(1, s.steps // 10),
             "checkpoint_every": s.steps,
@@ -147,8 +148,11 @@ def _train(cfg_dict: dict) -> tuple[Path, float]:
     return Path(cfg.out_dir) / "student.pt", time.perf_counter() - t0
 
 
-def run_demo(out_dir: str | Path = "outputs/demo", full: bool = False) -> Path:
-    s = FULL if full else DemoSize()
+def run_demo(
+    out_dir: str | Path = "outputs/demo", full: bool = False, size: DemoSize | None = None
+) -> Path:
+    """Run the demo; ``size`` overrides the default / ``--full`` sizes (tests use tiny ones)."""
+    s = size or (FULL if full else DemoSize())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -1,0 +1,277 @@
+"""The ``facekd`` command line: one argparse parser, one short function per subcommand.
+
+Add a subcommand by writing ``_add_<name>(parser)`` (its arguments) and ``cmd_<name>(args) ->
+int`` (a few lines calling library code), then one entry in ``COMMANDS``. Errors the user can
+cause raise ``UsageError``: ``main`` prints the message on stderr and returns exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """An error in what the user asked for (bad name, size, path): no traceback, exit code 2."""
+
+
+def _number(kind: type, minimum: float) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)`` that is at least ``minimum``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int, _count, _seconds = _number(int, 1), _number(int, 0), _number(float, 0.0)
+
+
+def build_model(spec: str, input_size: int | None = None):
+    """A backbone from a registry name or, if ``spec`` is an existing file, a checkpoint.
+
+    ``input_size`` overrides the registry default (112) or the size recorded in the checkpoint.
+    """
+    from facekd.models import BACKBONES, build_backbone
+
+    kwargs = {} if input_size is None else {"input_size": input_size}
+    try:
+        if spec in BACKBONES and not Path(spec).is_file():
+            return build_backbone(spec, **kwargs)
+        if Path(spec).is_file():
+            from facekd.models.checkpoints import load_backbone  # lazy: heavy optional readers
+
+            return load_backbone(spec, **kwargs)
+    except (KeyError, OSError, TypeError, ValueError) as err:  # CheckpointError is a ValueError
+        raise UsageError(f"{spec}: {err.args[0] if err.args else err}") from None
+    raise UsageError(
+        f"unknown backbone {spec!r}: neither a registered name nor an existing checkpoint file; "
+        f"valid names: {', '.join(sorted(BACKBONES))}"
+    )
+
+
+def _run_profile(args: argparse.Namespace, teacher: str, student: str, json_path) -> int:
+    from facekd.evaluation.profile import TimingBudget, compare
+
+    budget = TimingBudget(
+        warmup=args.warmup,
+        runs=args.runs,
+        min_runs=min(args.min_runs, args.runs),
+        max_seconds=args.max_seconds or None,
+    )
+    report = compare(
+        build_model(teacher, args.teacher_size),
+        build_model(student, args.student_size),
+        batch_sizes=tuple(args.batch_sizes),
+        precisions=tuple(args.precisions),
+        budget=budget,
+        threads=args.threads,
+        teacher_name=teacher,
+        student_name=student,
+    )
+    print(report.table())
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_profile_options(p: argparse.ArgumentParser, max_seconds: float, warmup: int) -> None:
+    p.add_argument("--teacher-size", type=_positive_int, help="input side (default: 112)")
+    p.add_argument("--student-size", type=_positive_int, help="input side (default: 112)")
+    p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 64])
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: current)")
+    p.add_argument("--warmup", type=_count, default=warmup, help="max warm-up runs per cell")
+    p.add_argument("--runs", type=_positive_int, default=200, help="max timed runs per cell")
+    p.add_argument("--min-runs", type=_positive_int, default=3, help="min timed runs per cell")
+    p.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        default=max_seconds,
+        help="time budget per (batch, precision) cell once --min-runs are done; "
+        "0 = none (METHODS §7: --warmup 20 --runs 200)",
+    )
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="iresnet100", help="registry name or checkpoint file")
+    p.add_argument("--student", default="mobilefacenet", help="registry name or checkpoint file")
+    _add_profile_options(p, max_seconds=10.0, warmup=20)
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Params, FLOPs, size, latency of teacher and student; compression ratio and speed-up."""
+    return _run_profile(args, args.teacher, args.student, args.json)
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--full", action="store_true", help="bigger models and data (much slower)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a teacher and distilled students on synthetic faces; report accuracy and cost."""
+    from facekd.demo import run_demo
+
+    run_demo(args.out, full=args.full)
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from facekd.config import ConfigError, ExperimentConfig, load_config
+
+    try:
+        return load_config(ExperimentConfig, args.config, args.set or [])
+    except (ConfigError, OSError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML experiment config (see benchmarks/configs)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=0.05"
+    )
+    p.add_argument("--no-resume", action="store_true", help="ignore OUT_DIR/checkpoint.pt")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a teacher, a baseline student or a distilled student from a config (torchrun-ready)."""
+    from facekd.config import save_config
+    from facekd.experiment import build_trainer
+
+    cfg = _config(args)
+    trainer = build_trainer(cfg)
+    save_config(cfg, Path(cfg.out_dir) / "config.yaml")
+    if not args.no_resume and trainer.resume():
+        print(f"resuming from {trainer.checkpoint_path}")
+    trainer.fit()
+    print(f"student weights: {Path(cfg.out_dir) / 'student.pt'}")
+    return 0
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    """Precompute the teacher outputs a config needs (teacher.cache) without training."""
+    from facekd.experiment import build_dataset, build_distiller
+
+    cfg = _config(args)
+    if not (cfg.teacher.model and cfg.teacher.cache):
+        raise UsageError("the config needs teacher.model and teacher.cache")
+    distiller = build_distiller(cfg, build_dataset(cfg, None))
+    if distiller.teacher_cache is None:
+        raise UsageError("augmentation changes the teacher's view: set data.augment.flip_p=0")
+    print(f"teacher cache ready: {cfg.teacher.cache} ({len(distiller.teacher_cache)} items)")
+    return 0
+
+
+def _add_select(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher backbone (checkpoint or name)")
+    p.add_argument("--data", required=True, help="identity-per-folder tree of aligned faces")
+    p.add_argument("--out", required=True, help="selection JSON to write")
+    p.add_argument("--attributes", help="CelebA list_attr_celeba.txt or a CSV of binary attributes")
+    p.add_argument("--k", type=_positive_int, help="neurons to keep (default: 0.824 x D)")
+    p.add_argument("--max-images", type=_positive_int, help="use at most this many images")
+
+
+def cmd_select_neurons(args: argparse.Namespace) -> int:
+    """Neuron selection (Luo et al. 2016) on the teacher's embedding; saves indices + statistics."""
+    from facekd.data.folder import ImageFolderDataset
+    from facekd.selection import run_selection
+
+    teacher = build_model(args.teacher)
+    extra = {"k": args.k} if args.k else {}
+    sel = run_selection(
+        teacher,
+        ImageFolderDataset(args.data),
+        args.out,
+        attribute_file=args.attributes,
+        max_images=args.max_images,
+        **extra,
+    )
+    print(f"selected {len(sel.indices)} of {sel.dim} neurons ({sel.mode}) -> {args.out}")
+    return 0
+
+
+def _add_align(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="folder of raw photos (any depth)")
+    p.add_argument("dst", help="folder for aligned crops (same relative layout)")
+    p.add_argument("--size", type=_positive_int, default=112)
+    p.add_argument("--policy", choices=["center", "largest", "score", "all"], default="center")
+    p.add_argument("--format", choices=["png", "jpg"], default="png")
+    p.add_argument("--workers", type=_count, default=2)
+    p.add_argument("--overwrite", action="store_true", help="redo crops that exist")
+    p.add_argument("--retry-failed", action="store_true", help="retry files the report lists")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Detect (MTCNN) and align faces to the 112x112 ArcFace template; resumable."""
+    from facekd.data.align_tree import align_tree
+
+    try:
+        report = align_tree(
+            args.src,
+            args.dst,
+            size=args.size,
+            policy=args.policy,
+            fmt=args.format,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+        )
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    where = Path(args.dst) / "align_report.json"
+    print(
+        f"aligned {report.written}, skipped {report.skipped}, failed {len(report.failed)} ({where})"
+    )
+    return 0
+
+
+#: subcommand -> (add its arguments, run it); the run function's docstring is its help line
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
+    "profile": (_add_profile, cmd_profile),
+    "demo": (_add_demo, cmd_demo),
+    "align": (_add_align, cmd_align),
+    "train": (_add_train, cmd_train),
+    "cache-teacher": (_add_train, cmd_cache_teacher),
+    "select-neurons": (_add_select, cmd_select_neurons),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facekd", description="Knowledge distillation for face recognition."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add_arguments, run) in COMMANDS.items():
+        doc = (run.__doc__ or "").strip().split("\n")[0]
+        p = sub.add_parser(name, help=doc, description=doc)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for usage errors, printed without a traceback)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or an argparse error (2, message already printed)
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        print(f"facekd {args.command}: error: {err}", file=sys.stderr)
+        return 2

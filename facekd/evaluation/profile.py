@@ -1,0 +1,446 @@
+"""Model cost: parameters, FLOPs, size on disk, latency; teacher/student ratios (METHODS.md §7).
+
+Definitions used in every report:
+
+* **parameters**: ``sum(p.numel())`` over the module passed in (shared tensors once); pass the
+  backbone alone, so the count includes the embedding head and excludes any classifier.
+* **FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` on one image (batch 1), fp32. It counts
+  **2 FLOPs per multiply-add** of convolutions and matrix products (BN, PReLU, additions and
+  pooling are not counted); ``GMACs = GFLOPs / 2`` (insightface's convention: r100 ≈ 12.1 G).
+* **size on disk**: bytes of ``torch.save(model.state_dict())`` (fp32 weights and BN buffers).
+* **latency**: wall time of one ``model(x)`` under ``torch.inference_mode()``, timed with
+  ``time.perf_counter`` after warm-up; median and 90th percentile (linear interpolation) in ms;
+  throughput = batch size / median. Precision ``fp32``: eager, contiguous. Precision ``bf16``:
+  a ``channels_last`` copy under bf16 autocast, measured only where the hardware supports bf16.
+* **compression ratio** = params(teacher) / params(student); size and FLOPs ratios likewise.
+* **speed-up** = median latency(teacher) / median latency(student), per batch size and
+  precision, measured in the same run with teacher and student runs interleaved (ABBA order),
+  so that machine noise hits both.
+
+The caller's models are never modified: the profiler works on a deep copy (``eval()``, device,
+memory format), and owns threads, autocast and ``inference_mode`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+#: "fp32": eager, contiguous; "bf16": channels_last + bf16 autocast
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How long to time one (batch size, precision) cell.
+
+    Warm-up: up to ``warmup`` rounds, stopping early (after at least one) once warm-up has taken
+    ``max_seconds / 4``. Timed: up to ``runs`` rounds, stopping early once ``min_runs`` are done
+    and ``max_seconds`` have passed. A round runs every model once. ``max_seconds=None`` is
+    METHODS §7's fixed protocol (20 warm-up, 200 timed runs).
+    """
+
+    warmup: int = 20
+    runs: int = 200
+    min_runs: int = 3
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.runs < 1 or self.min_runs < 1:
+            raise ValueError(f"need warmup >= 0, runs >= 1, min_runs >= 1; got {self}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds}")
+
+
+@dataclass
+class Latency:
+    """One timed cell; ``skipped`` gives the reason when it was not measured (values None)."""
+
+    batch_size: int
+    precision: str
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    throughput: float | None = None  # images per second = batch_size / median
+    runs: int = 0  # timed runs actually made
+    warmup_runs: int = 0
+    skipped: str | None = None
+
+    @classmethod
+    def measured(cls, batch_size: int, precision: str, seconds: list[float], warmup: int):
+        med, p90 = (float(v) for v in np.percentile(seconds, [50, 90]))
+        return cls(
+            batch_size, precision, med * 1e3, p90 * 1e3, batch_size / med, len(seconds), warmup
+        )
+
+
+@dataclass
+class ModelProfile:
+    """Static cost and latencies of one model (definitions in the module docstring)."""
+
+    name: str
+    input_size: int
+    params: int
+    trainable_params: int
+    flops: int  # per image, 2 FLOPs per multiply-add
+    size_bytes: int
+    latency: list[Latency] = field(default_factory=list)
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    @property
+    def gmacs(self) -> float:
+        return self.flops / 2e9
+
+    def latency_for(self, batch_size: int, precision: str) -> Latency | None:
+        return next(
+            (t for t in self.latency if (t.batch_size, t.precision) == (batch_size, precision)),
+            None,
+        )
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "gflops": self.gflops, "gmacs": self.gmacs}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelProfile:
+        fields = {k: v for k, v in data.items() if k not in ("gflops", "gmacs")}
+        fields["latency"] = [Latency(**t) for t in data["latency"]]
+        return cls(**fields)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+@dataclass
+class ComparisonReport:
+    """Teacher and student profiled side by side, with the environment they ran in."""
+
+    teacher: ModelProfile
+    student: ModelProfile
+    environment: dict
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return _ratio(self.teacher.params, self.student.params)
+
+    @property
+    def size_ratio(self) -> float | None:
+        return _ratio(self.teacher.size_bytes, self.student.size_bytes)
+
+    @property
+    def flops_ratio(self) -> float | None:
+        return _ratio(self.teacher.flops, self.student.flops)
+
+    def speedups(self) -> list[dict]:
+        """``[{batch_size, precision, speedup}]``; speedup None where a cell was skipped."""
+        out = []
+        for t in self.teacher.latency:
+            s = self.student.latency_for(t.batch_size, t.precision)
+            speedup = _ratio(t.median_ms, s.median_ms if s else None)
+            out.append({"batch_size": t.batch_size, "precision": t.precision, "speedup": speedup})
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "environment": self.environment,
+            "teacher": self.teacher.to_json(),
+            "student": self.student.to_json(),
+            "compression_ratio": self.compression_ratio,
+            "size_ratio": self.size_ratio,
+            "flops_ratio": self.flops_ratio,
+            "speedup": self.speedups(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ComparisonReport:
+        t, s = (ModelProfile.from_json(data[k]) for k in ("teacher", "student"))
+        return cls(teacher=t, student=s, environment=data["environment"])
+
+    def table(self) -> str:
+        """Plain-text table: one row per quantity, columns teacher | student | ratio."""
+        t, s, env = self.teacher, self.student, self.environment
+        rows = [
+            ("", f"teacher: {t.name}", f"student: {s.name}", "teacher/student"),
+            ("input", f"{t.input_size}x{t.input_size}", f"{s.input_size}x{s.input_size}", ""),
+        ]
+        for label, key, scale, ratio in (
+            ("params (M) -> compression ratio", "params", 1e6, _fmt(self.compression_ratio)),
+            ("trainable params (M)", "trainable_params", 1e6, ""),
+            ("size on disk (MB)", "size_bytes", 1e6, _fmt(self.size_ratio)),
+            ("GFLOPs (2 per MAC)", "flops", 1e9, _fmt(self.flops_ratio)),
+            ("GMACs", "flops", 2e9, ""),
+        ):
+            rows.append((label, *(f"{getattr(p, key) / scale:.3f}" for p in (t, s)), ratio))
+        for lt, sp in zip(t.latency, self.speedups(), strict=True):
+            ls = s.latency_for(lt.batch_size, lt.precision)
+            cell = f"b{lt.batch_size} {lt.precision}"
+            if lt.skipped:
+                rows.append((f"latency {cell}", f"skipped: {lt.skipped}", "", ""))
+                continue
+            speedup = _fmt(sp["speedup"])
+            rows.append((f"latency {cell} ms med/p90 -> speed-up", _lat(lt), _lat(ls), speedup))
+            rates = (f"{p.throughput:.1f}" if p and p.throughput else "n/a" for p in (lt, ls))
+            rows.append((f"throughput {cell} img/s", *rates, ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [
+            f"device: {env['device']} ({env['cpu']}), threads: {env['threads']}, "
+            f"torch {env['torch']}, bf16: {env['bf16']}",
+            f"1-min load average before/after: {env.get('load_before')}/{env.get('load_after')}"
+            f" on {env['cpu_count']} CPUs (counts our own threads too; far above the thread"
+            " count: other processes competed and latencies are inflated)",
+            "FLOPs: FlopCounterMode, 2 FLOPs per multiply-add (GMACs = GFLOPs/2), batch 1",
+        ]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        return "\n".join(lines)
+
+
+def _fmt(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
+def _lat(t: Latency | None) -> str:
+    if t is None or t.median_ms is None:
+        return "n/a"
+    return f"{t.median_ms:.2f} / {t.p90_ms:.2f} (n={t.runs})"
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters), each shared tensor counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def count_flops(model: nn.Module, input_size: int, device: str | torch.device = "cpu") -> int:
+    """FLOPs of one forward pass on a single ``(1, 3, S, S)`` image (2 per multiply-add)."""
+    model = copy.deepcopy(model).eval().to(device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    return int(counter.get_total_flops())
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes that ``torch.save(model.state_dict())`` writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "weights.pt")
+        torch.save(model.state_dict(), path)
+        return os.path.getsize(path)
+
+
+def bf16_support(device: str | torch.device = "cpu") -> tuple[bool, str]:
+    """Whether bf16 runs natively on ``device``, and why (or why not)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "CUDA bf16" if ok else "this GPU has no bf16 support"
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch built without oneDNN (mkldnn)"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return True, "oneDNN bf16 (CPU has avx512_bf16 / AMX / ARM bf16)"
+    return False, "CPU lacks native bf16 instructions (avx512_bf16 / AMX / ARM bf16)"
+
+
+def cpu_name() -> str:
+    """CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _load() -> float | None:
+    """1-minute load average (other processes competing for the CPU inflate latencies)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def environment(threads: int, device: str | torch.device = "cpu") -> dict:
+    """Where the numbers came from (recorded in every report); ``load_*``: see ``_load``."""
+    device = torch.device(device)
+    ok, reason = bf16_support(device)
+    env = {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bf16": "yes" if ok else "no",
+        "bf16_reason": reason,
+        "load_after": _load(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_rounds(steps: list, budget: TimingBudget, device: torch.device):
+    """Interleaved timing: per round, every step once, order reversed each round (ABBA).
+
+    Returns (per-step lists of seconds, warm-up rounds).
+    """
+
+    def round_(k: int, record: list[list[float]] | None) -> None:
+        for i in range(len(steps)) if k % 2 == 0 else reversed(range(len(steps))):
+            _sync(device)
+            start = time.perf_counter()
+            steps[i]()
+            _sync(device)
+            if record is not None:
+                record[i].append(time.perf_counter() - start)
+
+    cap = budget.max_seconds
+    warm, start = 0, time.perf_counter()
+    while warm < budget.warmup and not (warm and cap and time.perf_counter() - start > cap / 4):
+        round_(warm, None)
+        warm += 1
+    times: list[list[float]] = [[] for _ in steps]
+    k, start = 0, time.perf_counter()
+    while k < budget.runs and not (
+        k >= budget.min_runs and cap and time.perf_counter() - start > cap
+    ):
+        round_(k, times)
+        k += 1
+    return times, warm
+
+
+def _profile(entries, batch_sizes, precisions, budget, threads, device, progress):
+    """Profile several (name, model, input_size) entries, latencies interleaved across them."""
+    device = torch.device(device)
+    batch_sizes, precisions = tuple(batch_sizes), tuple(precisions)
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
+    if not precisions or set(precisions) - set(PRECISIONS):
+        raise ValueError(f"precisions must be among {PRECISIONS}, got {precisions!r}")
+    threads, load_before = threads or torch.get_num_threads(), _load()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        profiles = [_static(name, model, size, device) for name, model, size in entries]
+        copies = [copy.deepcopy(model).eval().to(device) for _, model, _ in entries]
+        bf16_ok, reason = bf16_support(device)
+        gen = torch.Generator().manual_seed(0)
+        n_cells = len(batch_sizes) * len(precisions)
+        bar = tqdm(total=n_cells, desc="profile", file=sys.stderr, disable=not progress)
+        for precision in precisions:
+            fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+            for b in batch_sizes:
+                bar.set_postfix_str(f"batch {b} {precision}")
+                if precision == "bf16" and not bf16_ok:
+                    for p in profiles:
+                        p.latency.append(Latency(b, precision, skipped=reason))
+                    bar.update()
+                    continue
+                steps = []
+                for m, (_, _, size) in zip(copies, entries, strict=True):
+                    m.to(memory_format=fmt)
+                    x = torch.rand(b, 3, size, size, generator=gen) * 2 - 1  # faces in [-1, 1]
+                    steps.append(_make_step(m, x.to(device, memory_format=fmt), precision))
+                times, warm = _time_rounds(steps, budget, device)
+                for p, ts in zip(profiles, times, strict=True):
+                    p.latency.append(Latency.measured(b, precision, ts, warm))
+                bar.update()
+        bar.close()
+    finally:
+        torch.set_num_threads(old_threads)
+    return profiles, {**environment(threads, device), "load_before": load_before}
+
+
+def _static(name: str, model: nn.Module, size: int, device: torch.device) -> ModelProfile:
+    """Parameters, FLOPs and size on disk; latencies are appended later."""
+    n_all, n_train = count_parameters(model)
+    flops = count_flops(model, size, device)
+    return ModelProfile(name, size, n_all, n_train, flops, state_dict_bytes(model))
+
+
+def _make_step(model: nn.Module, x: torch.Tensor, precision: str):
+    """A no-argument callable running one inference forward in the given precision."""
+    bf16 = precision == "bf16"
+
+    def step() -> None:
+        amp = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+        with torch.inference_mode(), amp:
+            model(x)
+
+    return step
+
+
+def _name(model: nn.Module, name: str | None) -> str:
+    return name or getattr(model, "arch", "") or type(model).__name__
+
+
+def profile_model(
+    model: nn.Module,
+    input_size: int,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    *,
+    precisions: tuple[str, ...] = PRECISIONS,
+    budget: TimingBudget = TimingBudget(),
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    name: str | None = None,
+) -> ModelProfile:
+    """Profile one model on ``(B, 3, input_size, input_size)`` inputs (see module docstring).
+
+    ``threads``: torch intra-op threads during the measurement (default: the current count).
+    """
+    entry = (_name(model, name), model, input_size)
+    profiles, _ = _profile([entry], batch_sizes, precisions, budget, threads, device, progress)
+    return profiles[0]
+
+
+def compare(
+    teacher: nn.Module,
+    student: nn.Module,
+    *,
+    teacher_size: int | None = None,
+    student_size: int | None = None,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    precisions: tuple[str, ...] = PRECISIONS,
+    budget: TimingBudget = TimingBudget(),
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    teacher_name: str | None = None,
+    student_name: str | None = None,
+) -> ComparisonReport:
+    """Profile teacher and student side by side (interleaved) and report their ratios.
+
+    Input sizes default to each model's ``input_size`` attribute (facekd backbones have one).
+    """
+    entries = [
+        (_name(m, nm), m, size or getattr(m, "input_size", None))
+        for m, nm, size in (
+            (teacher, teacher_name, teacher_size),
+            (student, student_name, student_size),
+        )
+    ]
+    for nm, _, size in entries:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"{nm}: give its input size (got {size!r})")
+    profiles, env = _profile(entries, batch_sizes, precisions, budget, threads, device, progress)
+    return ComparisonReport(teacher=profiles[0], student=profiles[1], environment=env)

@@ -1,0 +1,132 @@
+"""CLI: profile writes a JSON report, user errors exit 2 without a traceback, -m entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from facekd.cli import main
+from facekd.models import BACKBONES, build_backbone
+
+TINY = ["--batch-sizes", "1", "2", "--warmup", "1", "--runs", "2", "--min-runs", "1"]
+
+
+def test_profile_writes_json(tmp_path, capsys):
+    out = tmp_path / "sub" / "profile.json"
+    argv = ["profile", "--teacher", "iresnet18", "--student", "mobilefacenet"]
+    argv += ["--teacher-size", "32", "--student-size", "32", *TINY, "--json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["teacher"]["name"] == "iresnet18" and data["student"]["name"] == "mobilefacenet"
+    assert data["teacher"]["input_size"] == 32 and data["compression_ratio"] > 1
+    assert len(data["speedup"]) == 4 and data["environment"]["threads"] >= 1
+    assert "compression" in capsys.readouterr().out
+
+
+def test_profile_accepts_checkpoint_file(tmp_path):
+    from facekd.models.checkpoints import save_backbone
+
+    path = tmp_path / "student.pt"
+    save_backbone(build_backbone("mobilefacenet", width=0.25, input_size=32), path)
+    out = tmp_path / "p.json"
+    argv = ["profile", "--teacher", "mobilefacenet", "--teacher-size", "32"]
+    argv += ["--student", str(path), "--precisions", "fp32", *TINY, "--json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["student"]["name"] == str(path) and data["student"]["input_size"] == 32
+    assert data["compression_ratio"] > 1  # width 0.25 student vs full-width teacher
+
+
+def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
+    from facekd.demo import DemoSize, run_demo
+
+    tiny = DemoSize(
+        identities=8,
+        images_per_identity=4,
+        size=32,
+        steps=2,
+        batch=8,
+        teacher_width=0.125,
+        student_width=0.25,
+        pairs=20,
+    )
+    md = run_demo(tmp_path, size=tiny)
+    report = json.loads((tmp_path / "report.json").read_text())
+    names = [row["model"] for row in report["rows"]]
+    assert names == ["teacher", "scratch", "hinton", "neuron_selection", "hr_to_lr", "triplet"]
+    for row in report["rows"]:
+        assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["acc_lowres"] <= 1.0
+        assert row["compression"] > 0 and row["params_M"] > 0
+    assert report["rows"][4]["input_px"] == 16, "the HR->LR student works at half resolution"
+    assert "SYNTHETIC" in md.read_text()
+    assert (tmp_path / "accuracy.png").stat().st_size > 0 and (tmp_path / "roc.png").exists()
+
+
+def test_train_command_resumes_and_rejects_bad_configs(tmp_path, capsys):
+    argv = [
+        "train",
+        "--set",
+        f"out_dir={tmp_path}",
+        "--set",
+        "data.identities=4",
+        "--set",
+        "data.images_per_identity=4",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "student.kwargs={width: 0.25}",
+        "--set",
+        "train.progress=false",
+    ]
+    assert main([*argv, "--set", "train.steps=1"]) == 0
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "student.pt").exists()
+    assert main([*argv, "--set", "train.steps=2"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert main(["train", "--set", "train.stpes=3"]) == 2
+    assert "unknown key(s) ['stpes'] in train" in capsys.readouterr().err
+    assert main(["align", str(tmp_path / "absent"), str(tmp_path / "out")]) == 2
+
+
+def test_unknown_backbone_exits_2_with_valid_names(capsys):
+    assert main(["profile", "--teacher", "resnet9000", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "resnet9000" in err and "Traceback" not in err
+    assert all(name in err for name in BACKBONES)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "profile",
+            "--teacher",
+            "mbf",
+            "--student-size",
+            "8",
+        ],  # below the model's minimum input size
+        ["profile", "--teacher-size", "abc"],
+        ["profile", "--batch-sizes", "0"],
+        ["profile", "--precisions", "fp16"],
+        ["no-such-command"],
+        [],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_python_dash_m_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "facekd", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    assert "profile" in result.stdout and "demo" in result.stdout
