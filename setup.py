@@ -5,13 +5,15 @@ torch is capped at the release this project is tested with: an open range pulls 
 multi-GB CUDA build on machines without a local wheel.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="facekd",
     version="0.1.0",
-    description="Knowledge distillation for face recognition: iResNet teachers to MobileFaceNet students",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Knowledge distillation for face recognition: iResNet to MobileFaceNet",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["facekd", "facekd.*"]),

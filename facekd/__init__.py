@@ -3,8 +3,10 @@
 Public API only; see README.md for the workflows.
 """
 
+from facekd.api import FaceModel, load
 from facekd.distill import Distiller
 from facekd.evaluation import compare, evaluate_ijb, extract_embeddings, verify
+from facekd.export import ExportError, export_onnx
 from facekd.losses import LOSSES, build_loss
 from facekd.models import BACKBONES, HEADS, build_backbone, build_head
 from facekd.models.checkpoints import CheckpointError, load_backbone, save_backbone
@@ -20,6 +22,8 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "Distiller",
+    "ExportError",
+    "FaceModel",
     "ModelOutput",
     "Trainer",
     "build_backbone",
@@ -27,7 +31,9 @@ __all__ = [
     "build_loss",
     "compare",
     "evaluate_ijb",
+    "export_onnx",
     "extract_embeddings",
+    "load",
     "load_backbone",
     "save_backbone",
     "verify",

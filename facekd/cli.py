@@ -44,10 +44,11 @@ def build_model(spec: str, input_size: int | None = None):
     from facekd.models import BACKBONES, build_backbone
 
     kwargs = {} if input_size is None else {"input_size": input_size}
+    is_path = Path(spec).exists() or Path(f"{spec}-symbol.json").exists()  # files, MXNet prefixes
     try:
-        if spec in BACKBONES and not Path(spec).is_file():
+        if spec in BACKBONES and not is_path:
             return build_backbone(spec, **kwargs)
-        if Path(spec).is_file():
+        if is_path:
             from facekd.models.checkpoints import load_backbone  # lazy: heavy optional readers
 
             return load_backbone(spec, **kwargs)
@@ -239,6 +240,141 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="student checkpoint, legacy MXNet prefix or registry name")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--fp16", action="store_true", help="also write OUT-stem.fp16.onnx")
+    p.add_argument("--int8", action="store_true", help="also write a dynamic-int8 variant")
+    p.add_argument("--no-dynamo", action="store_true", help="use the TorchScript exporter")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the student backbone to ONNX, checked against torch in onnxruntime."""
+    from facekd.export import ExportError, export_onnx
+
+    spec = args.checkpoint
+    if Path(spec).exists() or Path(f"{spec}-symbol.json").exists():  # file, folder, prefix
+        from facekd.models.checkpoints import load_backbone
+
+        try:
+            model = load_backbone(spec)
+        except (OSError, ValueError) as err:  # CheckpointError is a ValueError
+            raise UsageError(f"{spec}: {err}") from None
+    else:
+        model = build_model(spec)  # a registry name, or a clear error
+    try:
+        info = export_onnx(
+            model,
+            args.onnx,
+            opset=args.opset,
+            fp16=args.fp16,
+            int8=args.int8,
+            dynamo=not args.no_dynamo,
+            source=spec,
+        )
+    except ExportError as err:
+        print(f"facekd export: FAILED: {err}", file=sys.stderr)
+        return 1
+    par = info["parity"]
+    print(
+        f"wrote {args.onnx} ({info['arch']}, input {info['input_size']}px, opset {info['opset']}, "
+        f"{info['exporter']} exporter); onnxruntime vs torch min cosine: batch 1 "
+        f"{par['batch_1']['min_cosine']:.7f}, batch 7 {par['batch_7']['min_cosine']:.7f}"
+    )
+    for kind, var in info["variants"].items():
+        if "skipped" in var:
+            print(f"  {kind}: skipped: {var['skipped']}")
+        else:
+            print(
+                f"  {kind}: {var['file']} min cosine {var['parity']['min_cosine']:.5f} "
+                f"(drop {var['cosine_drop']:.2e})"
+            )
+    print(f"sidecar: {args.onnx}.json")
+    return 0
+
+
+def _add_embed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="folder of raw photos (or aligned crops with --aligned)")
+    p.add_argument("--model", required=True, help="checkpoint, legacy MXNet folder or .onnx")
+    p.add_argument("--out", required=True, help="output .npz (failures: OUT-stem.failed.json)")
+    p.add_argument("--aligned", action="store_true", help="images are aligned square crops")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--backend", choices=["torch", "onnx"], help="default: from the suffix")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--workers", type=_count, default=2)
+    p.add_argument("--shard-size", type=_positive_int, default=1024, help="resume granularity")
+    p.add_argument("--policy", choices=["center", "largest", "score"], default="center")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results")
+    p.add_argument("--retry-failed", action="store_true", help="retry files listed as failed")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed every image of a folder (detect + align unless --aligned); resumable."""
+    from facekd.embed_folder import embed_folder
+
+    if not (Path(args.model).exists() or Path(f"{args.model}-symbol.json").exists()):
+        build_model(args.model)  # a registry name, or a clear error
+    try:
+        rep = embed_folder(
+            args.src,
+            args.model,
+            args.out,
+            aligned=args.aligned,
+            flip=args.flip,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            policy=args.policy,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    fails = Path(args.out).with_suffix(".failed.json")
+    print(f"embedded {rep.embedded}, reused {rep.reused}, failed {len(rep.failed)} -> {args.out}")
+    print(f"failures: {fails}")
+    return 0
+
+
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    from facekd.api import DEFAULT_THRESHOLD
+
+    p.add_argument("image1")
+    p.add_argument("image2")
+    p.add_argument("--model", required=True, help="checkpoint, legacy MXNet folder or .onnx")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"cosine at or above which the faces match (default {DEFAULT_THRESHOLD}: "
+        "uncalibrated, see facekd.api)",
+    )
+    p.add_argument("--aligned", action="store_true", help="both images are aligned crops")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Cosine similarity of two face photos and the same/different decision."""
+    from facekd.api import load
+
+    for path in (args.image1, args.image2):
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+    if not (Path(args.model).exists() or Path(f"{args.model}-symbol.json").exists()):
+        build_model(args.model)
+    try:
+        model = load(args.model, threshold=args.threshold)
+        cosine, same = model.verify(args.image1, args.image2, aligned=args.aligned or None)
+    except ValueError as err:  # no face, unreadable photo, bad checkpoint
+        raise UsageError(str(err)) from None
+    print(
+        f"cosine {cosine:.4f}: {'same person' if same else 'different people'} "
+        f"(threshold {args.threshold})"
+    )
+    return 0
+
+
 #: subcommand -> (add its arguments, run it); the run function's docstring is its help line
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "profile": (_add_profile, cmd_profile),
@@ -247,6 +383,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..
     "train": (_add_train, cmd_train),
     "cache-teacher": (_add_train, cmd_cache_teacher),
     "select-neurons": (_add_select, cmd_select_neurons),
+    "export": (_add_export, cmd_export),
+    "embed": (_add_embed, cmd_embed),
+    "verify": (_add_verify, cmd_verify),
 }
 
 

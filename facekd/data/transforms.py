@@ -98,7 +98,7 @@ def read_photo(path: str, min_side: int = 24) -> np.ndarray:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (0, 0, 0, 255))
                 im = Image.alpha_composite(background, im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            rgb = np.array(im.convert("RGB"), dtype=np.uint8)  # writable, unlike np.asarray
     except UnidentifiedImageError:
         raise PhotoError("unreadable", f"{path}: not an image Pillow can identify") from None
     except OSError as err:

@@ -1,0 +1,153 @@
+"""A small Python API: load a face model, embed photos, verify two of them.
+
+    import facekd.api as fk                      # or facekd.load once exported there
+    model = fk.load("student.pt")                # checkpoint, registry name, legacy MXNet, .onnx
+    score, same = model.verify("a.jpg", "b.jpg")
+
+``load(path_or_name) -> FaceModel``. ``FaceModel.embed(images)`` takes a list of images (or a
+single one) -> ``(N, D)`` float32, L2-normalised, flip-sum embeddings, computed by
+``facekd.evaluation.embed.extract_embeddings`` (the one embedding path) on ArcFace-aligned
+crops. An image is an ``(H, W, 3)`` uint8 RGB numpy array (``(H, W)`` grayscale and RGBA are
+accepted), a ``PIL.Image`` (any mode) or a file path. Alignment:
+
+* ``aligned=True``: every image is already an aligned square crop (resized to the model input);
+* ``aligned=False``: every image is a photo: MTCNN finds the face (``policy``, default the one
+  nearest the centre), the five landmarks align it to the ArcFace template (``facekd.data``);
+* ``aligned=None`` (default): square images of side 112 or the model's input size are taken as
+  aligned crops, every other image is detected and aligned.
+
+A photo without a detectable face raises ``NoFaceError`` (a ``ValueError``) naming its index.
+
+``verify(img1, img2) -> (cosine, same)``: ``same = cosine >= threshold``. The default
+``DEFAULT_THRESHOLD = 0.3`` is a generic starting point for ArcFace-trained models with
+flip-sum, L2-normalised embeddings (the LFW-optimal cosine of such models typically lies around
+0.2-0.35); it is NOT calibrated for your model or your data. Calibrate it: embed labelled pairs
+from your own population and pick the threshold at the false-accept rate you can afford
+(``facekd.evaluation.verification``), then pass ``threshold=`` to ``load`` or ``verify``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from facekd.data.align import norm_crop
+from facekd.evaluation.embed import extract_embeddings
+
+DEFAULT_THRESHOLD = 0.3
+ALIGN_SIZE = 112
+
+
+class NoFaceError(ValueError):
+    """MTCNN found no face in a photo passed with ``aligned=False`` (or auto-detected)."""
+
+
+def to_rgb(image) -> np.ndarray:
+    """An image (numpy, PIL or path) -> ``(H, W, 3)`` uint8 RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        from facekd.data.transforms import read_photo
+
+        return np.array(read_photo(str(image), min_side=8))  # writable copy
+    if type(image).__module__.startswith("PIL."):
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array, PIL image or path, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"numpy images must be uint8 RGB (0..255), got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+class FaceModel:
+    """A face-recognition backbone with its preprocessing (see the module docstring).
+
+    Attributes:
+        runner: the torch module or onnxruntime session given to ``extract_embeddings``.
+        input_size: the side the model sees; ``threshold``: the cosine of ``verify``.
+    """
+
+    def __init__(
+        self,
+        runner,
+        input_size: int | None,
+        threshold: float = DEFAULT_THRESHOLD,
+        policy: str = "center",
+        source: str = "",
+    ) -> None:
+        self.runner, self.input_size, self.threshold = runner, input_size, float(threshold)
+        self.policy, self.source, self._detector = policy, source, None
+
+    def __repr__(self) -> str:
+        return (
+            f"FaceModel({self.source!r}, input_size={self.input_size}, threshold={self.threshold})"
+        )
+
+    def _is_aligned(self, img: np.ndarray, aligned: bool | None) -> bool:
+        if aligned is not None:
+            return aligned
+        return img.shape[0] == img.shape[1] and img.shape[0] in (ALIGN_SIZE, self.input_size)
+
+    def preprocess(self, images, aligned: bool | None = None) -> list[np.ndarray]:
+        """Images -> square uint8 RGB aligned crops (photos: detected and aligned at 112)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif not isinstance(images, Sequence) or isinstance(images, str):
+            images = [images]
+        rgb = [to_rgb(im) for im in images]
+        todo = [i for i, im in enumerate(rgb) if not self._is_aligned(im, aligned)]
+        if todo:
+            if self._detector is None:
+                from facekd.data.detect import FaceDetector
+
+                self._detector = FaceDetector(policy=self.policy)
+            found = self._detector.detect([rgb[i] for i in todo])
+            for i, dets in zip(todo, found, strict=True):
+                if not dets:
+                    raise NoFaceError(
+                        f"no face found in image {i} ({rgb[i].shape[1]}x"
+                        f"{rgb[i].shape[0]} px); pass aligned=True for crops"
+                    )
+                rgb[i] = norm_crop(rgb[i], dets[0].landmarks, ALIGN_SIZE)
+        for i, im in enumerate(rgb):
+            if im.shape[0] != im.shape[1]:
+                raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]}: not a square crop")
+        return rgb
+
+    def embed(
+        self, images, aligned: bool | None = None, flip: bool = True, batch_size: int = 64
+    ) -> np.ndarray:
+        """Images (one or a list) -> ``(N, D)`` float32 L2-normalised embeddings."""
+        crops = self.preprocess(images, aligned)
+        return extract_embeddings(
+            self.runner, crops, batch_size=batch_size, flip=flip, progress=False
+        )
+
+    def verify(
+        self, image1, image2, threshold: float | None = None, aligned: bool | None = None
+    ) -> tuple[float, bool]:
+        """``(cosine, cosine >= threshold)`` for two images (default: ``self.threshold``)."""
+        e = self.embed([image1, image2], aligned=aligned)
+        cosine = float(np.clip(e[0].astype(np.float64) @ e[1].astype(np.float64), -1.0, 1.0))
+        return cosine, cosine >= (self.threshold if threshold is None else float(threshold))
+
+
+def load(
+    path_or_name,
+    backend: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    policy: str = "center",
+) -> FaceModel:
+    """A ``FaceModel`` from a checkpoint, registry name, legacy MXNet prefix / folder, ``.onnx``
+    file (onnxruntime, CPU) or a torch module. ``backend``: ``"torch"``, ``"onnx"`` or None
+    (from the suffix). ``policy``: which face of a multi-face photo (``facekd.data.detect``).
+    """
+    from facekd.embed_folder import load_runner
+
+    runner, size = load_runner(path_or_name, backend)
+    source = str(path_or_name) if isinstance(path_or_name, (str, os.PathLike)) else "module"
+    return FaceModel(runner, size, threshold=threshold, policy=policy, source=source)
