@@ -375,11 +375,45 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="registry name or checkpoint")
+    p.add_argument("--student", required=True, nargs="+", help="one or more students")
+    p.add_argument("--bin", action="append", default=[], help="verification .bin (repeatable)")
+    p.add_argument("--low-res", type=_positive_int, nargs="*", default=[56, 32])
+    p.add_argument("--ijb", help="IJB-B/C folder (meta/ + loose_crop/)")
+    p.add_argument("--ijb-target", choices=["IJBC", "IJBB"], default="IJBC")
+    p.add_argument("--out", default="outputs/bench")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Accuracy per verification set (and at low resolution), compression ratio and speed-up."""
+    from facekd.data.verification import read_bin
+    from facekd.evaluation.bench import run_benchmark
+
+    if not args.bin and not args.ijb:
+        raise UsageError("give at least one --bin verification file or --ijb")
+    try:
+        sets = [read_bin(path) for path in args.bin]
+    except (OSError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    models = {"teacher": (build_model(args.teacher), args.teacher)}
+    for i, spec in enumerate(args.student):
+        models[f"student{i + 1}" if len(args.student) > 1 else "student"] = (
+            build_model(spec),
+            spec,
+        )
+    ijb = (args.ijb, args.ijb_target) if args.ijb else None
+    md = run_benchmark(models, sets, args.out, low_res=args.low_res, ijb=ijb)
+    print(md.read_text())
+    return 0
+
+
 #: subcommand -> (add its arguments, run it); the run function's docstring is its help line
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "profile": (_add_profile, cmd_profile),
     "demo": (_add_demo, cmd_demo),
     "align": (_add_align, cmd_align),
+    "bench": (_add_bench, cmd_bench),
     "train": (_add_train, cmd_train),
     "cache-teacher": (_add_train, cmd_cache_teacher),
     "select-neurons": (_add_select, cmd_select_neurons),

@@ -26,10 +26,7 @@ import torch
 
 from facekd.config import ExperimentConfig, from_dict
 from facekd.data.synthetic import SyntheticFaces, synthetic_pairset
-from facekd.evaluation.embed import extract_embeddings
-from facekd.evaluation.profile import TimingBudget, compare
-from facekd.evaluation.report import plot_accuracy, plot_roc, write_report
-from facekd.evaluation.verification import verify
+from facekd.evaluation.bench import run_benchmark
 from facekd.experiment import build_trainer
 from facekd.models.checkpoints import load_backbone
 
@@ -190,79 +187,24 @@ def run_demo(
 
 def _evaluate_and_report(out: Path, s: DemoSize, models: dict) -> Path:
     pairs = synthetic_pairset(s.pairs, size=s.size, seed=0)
-    teacher = load_backbone(models["teacher"][0])
-    rows, curves = [], {}
-    budget = TimingBudget(warmup=5, runs=100, min_runs=10, max_seconds=3.0)
-    for name, (path, label, seconds) in models.items():
-        model = load_backbone(path)
-        row = {"model": name, "method": label, "train_s": round(seconds, 1)}
-        for key, degrade in (
-            ("acc", None if model.input_size == s.size else model.input_size),
-            ("acc_lowres", s.size // 2),
-        ):
-            emb = extract_embeddings(model, pairs.images, degrade_to=degrade, progress=False)
-            res = verify(
-                (emb[pairs.pairs[:, 0]], emb[pairs.pairs[:, 1]]), pairs.issame, folds=pairs.folds
-            )
-            row[key], row[f"{key}_std"] = res.accuracy, res.accuracy_std
-            if key == "acc":
-                row["auc"] = res.auc
-                curves[name] = (res.roc_fpr, res.roc_tpr)
-        report = compare(
-            teacher, model, batch_sizes=(1, 64), precisions=("fp32",), budget=budget, progress=False
-        )
-        row["params_M"] = report.student.params / 1e6
-        row["gflops"] = report.student.flops / 1e9
-        row["input_px"] = model.input_size
-        row["compression"] = report.compression_ratio
-        for sp in report.speedups():
-            row[f"speedup_b{sp['batch_size']}"] = sp["speedup"]
-        rows.append(row)
-        print(
-            f"   {name:<17} acc {row['acc']:.4f}  low-res {row['acc_lowres']:.4f}  "
-            f"{row['compression']:.1f}x smaller  speed-up b1 {row.get('speedup_b1') or 0:.2f}"
-        )
-    plot_accuracy(
-        rows,
-        out / "accuracy.png",
-        [("acc", f"{s.size} px"), ("acc_lowres", f"{s.size // 2} px (down-sampled)")],
-        title="Synthetic held-out pairs, 10-fold",
-    )
-    plot_roc(curves, out / "roc.png", title="ROC, held-out synthetic pairs")
-    columns = [
-        ("model", "model"),
-        ("method", "method"),
-        ("input_px", "input px"),
-        ("acc", "accuracy"),
-        ("acc_std", "± std"),
-        ("acc_lowres", f"accuracy @{s.size // 2}px"),
-        ("auc", "AUC"),
-        ("params_M", "params (M)"),
-        ("gflops", "GFLOPs"),
-        ("compression", "compression ×"),
-        ("speedup_b1", "speed-up b1"),
-        ("speedup_b64", "speed-up b64"),
-        ("train_s", "train s"),
-    ]
+    loaded = {name: (load_backbone(path), label) for name, (path, label, _) in models.items()}
     notes = [
         "DATA IS SYNTHETIC (procedural face-like images): the table shows the machinery "
         "working end to end, not real-world accuracy.",
         f"{s.identities} training identities x {s.images_per_identity} images at {s.size} px; "
         f"the teacher trains {2 * s.steps} steps, every student {s.steps} steps, "
         f"batch {s.batch}.",
-        f"Verification: {s.pairs} pairs of held-out synthetic people, 10 folds, insightface "
-        "protocol (flip-sum, exact threshold search).",
-        "Compression = teacher params / model params; speed-up = teacher median latency / "
-        "model median latency, measured side by side (fp32, CPU, interleaved runs).",
+        f"Verification set 'synthetic': {s.pairs} pairs of held-out synthetic people.",
     ]
-    md = write_report(
-        rows,
+    md = run_benchmark(
+        loaded,
+        [pairs],
         out,
+        low_res=(s.size // 2,),
         title="facekd demo: teacher vs distilled students",
-        columns=columns,
         notes=notes,
-        images=["accuracy.png", "roc.png"],
-        extra={"size": dataclasses.asdict(s)},
+        extra_columns=[("train_s", "train s")],
+        extra_rows={name: {"train_s": round(sec, 1)} for name, (_, _, sec) in models.items()},
     )
     print(md.read_text())
     print(json.dumps({"report": str(md)}))

@@ -58,11 +58,12 @@ def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
     names = [row["model"] for row in report["rows"]]
     assert names == ["teacher", "scratch", "hinton", "neuron_selection", "hr_to_lr", "triplet"]
     for row in report["rows"]:
-        assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["acc_lowres"] <= 1.0
-        assert row["compression"] > 0 and row["params_M"] > 0
+        assert 0.0 <= row["synthetic_acc"] <= 1.0 and 0.0 <= row["synthetic_acc@16"] <= 1.0
+        assert row["compression"] > 0 and row["params_M"] > 0 and row["train_s"] > 0
     assert report["rows"][4]["input_px"] == 16, "the HR->LR student works at half resolution"
     assert "SYNTHETIC" in md.read_text()
-    assert (tmp_path / "accuracy.png").stat().st_size > 0 and (tmp_path / "roc.png").exists()
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "roc_synthetic.png").exists()
 
 
 def test_train_command_resumes_and_rejects_bad_configs(tmp_path, capsys):
@@ -130,3 +131,36 @@ def test_python_dash_m_help():
     )
     assert result.returncode == 0
     assert "profile" in result.stdout and "demo" in result.stdout
+
+
+def test_bench_reports_accuracy_low_res_compression_and_speedup(tmp_path):
+    from facekd.data.synthetic import synthetic_pairset
+    from facekd.data.verification import write_bin
+    from facekd.models import build_backbone
+    from facekd.models.checkpoints import save_backbone
+
+    ps = synthetic_pairset(20, num_identities=6, images_per_identity=3, size=32)
+    images = ps.pair_images()
+    write_bin(tmp_path / "syn.bin", images, ps.issame)
+    teacher = save_backbone(
+        build_backbone("iresnet18", width=0.125, input_size=32), tmp_path / "t.pt"
+    )
+    student = save_backbone(
+        build_backbone("mobilefacenet", width=0.25, input_size=32), tmp_path / "s.pt"
+    )
+    argv = [
+        "bench",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--bin",
+        str(tmp_path / "syn.bin"),
+    ]
+    assert main([*argv, "--low-res", "16", "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["teacher", "student"]
+    assert {"syn_acc", "syn_acc@16", "compression", "speedup_b1_fp32"} <= set(rows[1])
+    assert rows[1]["compression"] > 1
+    assert (tmp_path / "out" / "roc_syn.png").exists()
+    assert main(["bench", "--teacher", "mbf", "--student", "mbf"]) == 2

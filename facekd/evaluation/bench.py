@@ -1,0 +1,154 @@
+"""One report with the three numbers users judge a compressed face model by, side by side:
+accuracy (per verification set, also at low resolution), compression ratio and speed-up.
+
+``run_benchmark`` evaluates a teacher and any number of students on the same pair sets with
+the insightface 10-fold protocol (``facekd.evaluation.verification``), optionally IJB-B/C 1:1
+TAR@FAR, profiles every model against the teacher in the same run (``profile.compare``), and
+writes ``report.md`` + ``report.json`` + ``accuracy.png`` + ``roc_<set>.png``. It backs both
+``facekd bench`` (real ``.bin`` files) and ``facekd demo`` (synthetic held-out people).
+
+Low-resolution robustness: the aligned crops are down-sampled to each size in ``low_res``
+(``INTER_AREA``) and, for models with a larger input, resized back up (``degrade_to`` in
+``facekd.evaluation.embed``); a model built for a low input size is always fed at that size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from facekd.evaluation.embed import extract_embeddings
+from facekd.evaluation.profile import TimingBudget, compare
+from facekd.evaluation.report import plot_accuracy, plot_roc, write_report
+from facekd.evaluation.verification import verify
+
+QUICK_BUDGET = TimingBudget(warmup=5, runs=100, min_runs=10, max_seconds=3.0)
+
+
+def _verify_set(model, ps, degrade_to):
+    emb = extract_embeddings(model, ps.images, degrade_to=degrade_to, progress=False)
+    folds = ps.folds if len(ps.folds) and (ps.folds >= 0).all() else None
+    return verify((emb[ps.pairs[:, 0]], emb[ps.pairs[:, 1]]), ps.issame, folds=folds)
+
+
+def _ijb_row(model, ijb_root: str, target: str) -> dict:
+    from facekd.data.ijb import IJBDataset, load_ijb
+    from facekd.evaluation.ijb import evaluate_ijb
+
+    meta = load_ijb(ijb_root, target)
+    feats = extract_embeddings(model, IJBDataset(meta), normalize=False, progress=True)
+    res = evaluate_ijb(feats, meta.tids, meta.mids, meta.t1, meta.t2, meta.label, meta.scores)
+    return {f"{target}_tar@{far:g}": tar for far, tar in res.tar_at_far.items()}
+
+
+def run_benchmark(
+    models: dict[str, tuple[object, str]],
+    pair_sets: Sequence,
+    out_dir: str | Path,
+    *,
+    teacher: str = "teacher",
+    low_res: Sequence[int] = (56, 32),
+    ijb: tuple[str, str] | None = None,
+    budget: TimingBudget = QUICK_BUDGET,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    precisions: tuple[str, ...] = ("fp32",),
+    title: str = "facekd benchmark: teacher vs students",
+    notes: Sequence[str] = (),
+    extra_columns: Sequence[tuple[str, str]] = (),
+    extra_rows: dict[str, dict] | None = None,
+) -> Path:
+    """Evaluate and profile ``models`` = {name: (backbone, description)}; returns report.md.
+
+    ``pair_sets``: ``facekd.data.verification.PairSet`` objects of aligned crops (``.bin``).
+    ``ijb``: optional (root, "IJBC" | "IJBB"). ``extra_rows``: per-model values to show too.
+    """
+    if teacher not in models:
+        raise ValueError(f"the teacher {teacher!r} must be one of the models {list(models)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_model = models[teacher][0]
+    rows, curves = [], {ps.name: {} for ps in pair_sets}
+    for name, (model, label) in models.items():
+        row = {
+            "model": name,
+            "method": label,
+            "input_px": model.input_size,
+            **(extra_rows or {}).get(name, {}),
+        }
+        for ps in pair_sets:
+            own = None if model.input_size >= max(low_res, default=0) else model.input_size
+            res = _verify_set(model, ps, own)
+            row[f"{ps.name}_acc"], row[f"{ps.name}_std"] = res.accuracy, res.accuracy_std
+            row[f"{ps.name}_tar@1e-3"] = res.tar_at_far.get(1e-3)
+            curves[ps.name][name] = (res.roc_fpr, res.roc_tpr)
+            for size in low_res:
+                degrade = min(size, model.input_size)
+                row[f"{ps.name}_acc@{size}"] = _verify_set(model, ps, degrade).accuracy
+        if ijb is not None:
+            row.update(_ijb_row(model, *ijb))
+        cmp = compare(
+            t_model,
+            model,
+            batch_sizes=batch_sizes,
+            precisions=precisions,
+            budget=budget,
+            progress=False,
+        )
+        row.update(
+            params_M=cmp.student.params / 1e6,
+            gflops=cmp.student.flops / 1e9,
+            size_MB=cmp.student.size_bytes / 1e6,
+        )
+        row["compression"] = cmp.compression_ratio
+        for sp in cmp.speedups():
+            row[f"speedup_b{sp['batch_size']}_{sp['precision']}"] = sp["speedup"]
+        row["latency_b1_ms"] = (
+            cmp.student.latency_for(1, precisions[0]).median_ms if 1 in batch_sizes else None
+        )
+        rows.append(row)
+        print(
+            f"  {name:<18} "
+            + "  ".join(f"{ps.name} {row[f'{ps.name}_acc']:.4f}" for ps in pair_sets)
+            + f"  {row['compression']:.1f}x smaller"
+        )
+    acc_cols = []
+    for ps in pair_sets:
+        acc_cols += [(f"{ps.name}_acc", f"{ps.name}"), (f"{ps.name}_std", "± std")]
+        acc_cols += [(f"{ps.name}_acc@{s}", f"{ps.name} @{s}px") for s in low_res]
+    ijb_cols = [(k, k) for k in rows[0] if k.startswith(("IJBC_tar", "IJBB_tar"))]
+    speed_cols = [
+        (k, k.replace("speedup_", "speed-up ")) for k in rows[0] if k.startswith("speedup_")
+    ]
+    columns = [
+        ("model", "model"),
+        ("method", "method"),
+        ("input_px", "input px"),
+        *acc_cols,
+        *ijb_cols,
+        ("params_M", "params (M)"),
+        ("gflops", "GFLOPs"),
+        ("compression", "compression ×"),
+        ("latency_b1_ms", "latency b1 ms"),
+        *speed_cols,
+        *extra_columns,
+    ]
+    images = []
+    for ps in pair_sets:
+        plot_roc(curves[ps.name], out / f"roc_{ps.name}.png", title=f"ROC, {ps.name}")
+        images.append(f"roc_{ps.name}.png")
+    bars = [(f"{ps.name}_acc", ps.name) for ps in pair_sets[:1]]
+    bars += (
+        [(f"{pair_sets[0].name}_acc@{s}", f"{pair_sets[0].name} @{s}px") for s in low_res]
+        if pair_sets
+        else []
+    )
+    plot_accuracy(rows, out / "accuracy.png", bars, title="Verification accuracy, 10-fold")
+    images.insert(0, "accuracy.png")
+    std_notes = [
+        "Accuracy: insightface 10-fold protocol (flip-sum, L2-normalised, exact threshold search).",
+        "Compression = teacher params / model params; speed-up = teacher median latency / model "
+        "median latency, measured side by side in this run (interleaved).",
+    ]
+    return write_report(
+        rows, out, title=title, columns=columns, notes=[*notes, *std_notes], images=images
+    )
