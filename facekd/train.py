@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -254,12 +255,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step}: {bad} (all terms: "
-                f"{ {k: float(v) for k, v in terms.items()} }). Training stopped; the last good "
+                f"{values}). Training stopped; the last good "
                 f"checkpoint is {last}. Lower the learning rate, enable clip_grad_norm, or use "
                 "bf16 instead of fp16."
             )
