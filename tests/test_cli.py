@@ -61,7 +61,9 @@ def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
         assert 0.0 <= row["synthetic_acc"] <= 1.0 and 0.0 <= row["synthetic_acc@16"] <= 1.0
         assert row["compression"] > 0 and row["params_M"] > 0 and row["train_s"] > 0
     assert report["rows"][4]["input_px"] == 16, "the HR->LR student works at half resolution"
-    assert "SYNTHETIC" in md.read_text()
+    text = md.read_text()
+    assert "SYNTHETIC" in text and "Face methods against the from-scratch student" in text
+    assert all(f"**{m}**" in text for m in ("neuron_selection", "hr_to_lr", "triplet"))
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert (tmp_path / "roc_synthetic.png").exists()
 
