@@ -230,8 +230,10 @@ def face_method_verdicts(rows: list[dict], s: DemoSize) -> list[str]:
         "neuron_selection": "it regresses 82% of the teacher's embedding with no identity "
         "loss (paper setting), so it can only approach the teacher, which is itself weak "
         f"after {2 * s.steps} steps on synthetic data",
-        "hr_to_lr": f"its student sees {s.size // 2} px faces (4x fewer FLOPs), so it trades "
-        "accuracy for speed; compared at equal input it must beat scratch fed the same faces",
+        "hr_to_lr": f"its student runs natively at {s.size // 2} px (about 3.5x fewer FLOPs "
+        f"than the scratch student, which is fed the same faces up-sampled back to {s.size} px); "
+        "the pooled-feature target of a weak teacher does not make up for the lost detail in "
+        "this short run, so it buys speed with accuracy",
         "triplet": "triplet distillation is a fine-tuning method (Feng et al. start from an "
         "ArcFace-trained student); trained jointly from scratch for the same few steps, its "
         "P x K batches see 16 identities per step instead of 64 random faces",
