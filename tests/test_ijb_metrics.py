@@ -91,6 +91,11 @@ def test_vectorised_pooling_and_chunked_scores_match_loop_oracle():
     dense = np.sum(t[np.searchsorted(ids, t1)] * t[np.searchsorted(ids, t2)], axis=1)
     for chunk in (1, 7, 4096, 10**9):
         np.testing.assert_allclose(pair_scores(ids, t, t1, t2, chunk), dense, atol=1e-13)
+    for tile in (1, 7, 10**6):  # dense pair list: the tiled matrix-product path
+        np.testing.assert_allclose(pair_scores(ids, t, t1, t2, tile=tile), dense, atol=1e-13)
+    sparse = slice(0, 40)  # 40 pairs over 150 templates: the gathering path
+    got = pair_scores(ids, t, t1[sparse], t2[sparse], chunk_size=7)
+    np.testing.assert_allclose(got, dense[sparse], atol=1e-13)
 
 
 def test_tar_at_far_picks_documented_points():

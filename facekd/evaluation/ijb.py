@@ -150,7 +150,14 @@ def template_features(
 
 def template_rows(template_ids: np.ndarray, query: np.ndarray, name: str) -> np.ndarray:
     """Row of each id of ``query`` in the sorted ``template_ids``; unknown ids raise."""
-    rows = np.searchsorted(template_ids, query).clip(0, len(template_ids) - 1)
+    lo, hi = int(template_ids[0]), int(template_ids[-1])
+    if lo >= 0 and hi < 16 * len(template_ids) + 1024:  # compact integer ids (IJB): a table
+        table = np.zeros(hi + 1, dtype=np.int64)
+        table[template_ids] = np.arange(len(template_ids))
+        q = np.asarray(query)
+        rows = table[np.clip(q, 0, hi).astype(np.int64)]
+    else:
+        rows = np.searchsorted(template_ids, query).clip(0, len(template_ids) - 1)
     missing = template_ids[rows] != query
     if missing.any():
         raise ValueError(
@@ -160,19 +167,45 @@ def template_rows(template_ids: np.ndarray, query: np.ndarray, name: str) -> np.
     return rows
 
 
-def pair_scores(template_ids, template_feats, t1, t2, chunk_size: int = CHUNK_SIZE):
-    """Cosine score ``(P,)`` float64 of each template pair ``(t1[p], t2[p])``, in chunks."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+def pair_scores(
+    template_ids, template_feats, t1, t2, chunk_size: int = CHUNK_SIZE, tile: int = 2048
+):
+    """Cosine score ``(P,)`` float64 of each template pair ``(t1[p], t2[p])``, memory-bounded.
+
+    Dense protocols (IJB-C: 15.6M pairs over 23k templates) are scored in tiles: pairs are
+    bucketed by their first template's row (a linear-time radix sort), each block of ``tile``
+    templates is multiplied with every template in one BLAS product ``(tile, D) @ (D, T)`` and
+    the needed entries are picked out, so features are read once per tile instead of once per
+    pair (peak memory ``tile * T`` scores). Sparse pair lists fall back to gathering
+    ``chunk_size`` pairs at a time.
+    """
+    if chunk_size < 1 or tile < 1:
+        raise ValueError(f"chunk_size and tile must be >= 1, got {chunk_size}, {tile}")
     t1, t2 = np.asarray(t1).reshape(-1), np.asarray(t2).reshape(-1)
     if len(t1) != len(t2):
         raise ValueError(f"t1 and t2 differ in length: {len(t1)} vs {len(t2)}")
     r1 = template_rows(template_ids, t1, "t1")
     r2 = template_rows(template_ids, t2, "t2")
     scores = np.empty(len(t1))
-    for s in range(0, len(t1), chunk_size):
-        a, b = template_feats[r1[s : s + chunk_size]], template_feats[r2[s : s + chunk_size]]
-        scores[s : s + chunk_size] = np.einsum("ij,ij->i", a, b)
+    n_templates = len(template_feats)
+    # measured on 2 CPU cores: gathering costs ~1.6 us per pair, the full (T, T) product ~7 ns
+    # per template pair, so tiles win once more than ~1% of all template pairs are scored
+    if len(t1) * 100 < n_templates**2:
+        for s in range(0, len(t1), chunk_size):
+            a, b = template_feats[r1[s : s + chunk_size]], template_feats[r2[s : s + chunk_size]]
+            scores[s : s + chunk_size] = np.einsum("ij,ij->i", a, b)
+        return scores
+    n_tiles = -(-n_templates // tile)
+    key = (r1 // tile).astype(np.uint16 if n_tiles < 2**16 else np.int64)
+    order = np.argsort(key, kind="stable")  # radix sort for uint16 keys: linear time
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n_tiles))])
+    feats_t = np.ascontiguousarray(template_feats.T)
+    for k in range(n_tiles):
+        if bounds[k] == bounds[k + 1]:
+            continue
+        block = template_feats[k * tile : (k + 1) * tile] @ feats_t  # (tile, T) cosines
+        idx = order[bounds[k] : bounds[k + 1]]
+        scores[idx] = block[r1[idx] - k * tile, r2[idx]]
     return scores
 
 
