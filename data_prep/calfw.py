@@ -12,31 +12,18 @@ layout details are from the CPLFW release and unverified for CALFW; the reader c
 
 from __future__ import annotations
 
-import argparse
-
-from facekd.data.detect import FaceDetector
-from facekd.data.packing import LFW_FRACTION, build_bin
+from facekd.data.packing import pair_list_script
 from facekd.data.pairlists import read_xlfw_pairs
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", required=True, help="pairs_CALFW.txt")
-    p.add_argument("--images", required=True, help="folder holding the listed image files")
-    p.add_argument("--out", default="calfw.bin")
-    p.add_argument("--device", default="cpu", help="torch device for MTCNN")
-    p.add_argument("--fallback-fraction", type=float, default=LFW_FRACTION)
-    args = p.parse_args(argv)
-    pairs = read_xlfw_pairs(args.pairs, args.images, name="calfw")
-    report = build_bin(
-        pairs,
-        args.out,
-        FaceDetector(policy="center", device=args.device),
-        fraction=args.fallback_fraction,
+    pair_list_script(
+        __doc__,
+        "calfw.bin",
+        "pairs_CALFW.txt",
+        lambda pairs, images: read_xlfw_pairs(pairs, images, name="calfw"),
+        argv,
     )
-    print(report)
-    for path in report.no_face:
-        print("  no face:", path)
 
 
 if __name__ == "__main__":

@@ -14,31 +14,12 @@ centred crop of 0.52 x the image side and is listed (real LFW: every image has a
 
 from __future__ import annotations
 
-import argparse
-
-from facekd.data.detect import FaceDetector
-from facekd.data.packing import LFW_FRACTION, build_bin
+from facekd.data.packing import pair_list_script
 from facekd.data.pairlists import read_lfw_pairs
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", required=True, help="official pairs.txt (view 2)")
-    p.add_argument("--images", required=True, help="folder holding <Name>/<Name>_NNNN.jpg")
-    p.add_argument("--out", default="lfw.bin")
-    p.add_argument("--device", default="cpu", help="torch device for MTCNN")
-    p.add_argument("--fallback-fraction", type=float, default=LFW_FRACTION)
-    args = p.parse_args(argv)
-    pairs = read_lfw_pairs(args.pairs, args.images)
-    report = build_bin(
-        pairs,
-        args.out,
-        FaceDetector(policy="center", device=args.device),
-        fraction=args.fallback_fraction,
-    )
-    print(report)
-    for path in report.no_face:
-        print("  no face:", path)
+    pair_list_script(__doc__, "lfw.bin", "official pairs.txt (view 2)", read_lfw_pairs, argv)
 
 
 if __name__ == "__main__":

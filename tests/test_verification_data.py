@@ -342,3 +342,17 @@ def test_build_bin_real_lfw_with_mtcnn(tmp_path):
     for b in out.images:
         img = decode_image(b)
         assert img.shape == (112, 112, 3) and img.std() > 20  # a real, non-blank crop
+
+
+def test_pair_list_script_builds_a_bin_from_raw_photos(tmp_path, capsys):
+    from facekd.data.packing import pair_list_script
+    from facekd.data.pairlists import read_lfw_pairs
+
+    images = shared_path("lfw-mini", "images")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\nAbdullah_Gul\t1\t6\nAbdullah_Gul\t1\tAbdul_Rahman\t1\n")
+    argv = ["--pairs", str(pairs), "--images", str(images), "--out", str(tmp_path / "t.bin")]
+    report = pair_list_script("doc", "x.bin", "pairs", read_lfw_pairs, argv)
+    assert (report.n_pairs, report.n_images, report.no_face) == (2, 3, [])
+    back = read_bin(tmp_path / "t.bin")
+    assert back.issame.tolist() == [True, False] and "2 pairs" in capsys.readouterr().out

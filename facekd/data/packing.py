@@ -143,3 +143,27 @@ def build_bin(
     ps = PairSet(encoded, pairset.pairs, pairset.issame, pairset.folds, pairset.name).fold_major()
     write_bin(out_path, ps.pair_images(), ps.issame)
     return BuildReport(str(out_path), len(ps), n, no_face)
+
+
+def pair_list_script(doc: str, default_out: str, pairs_help: str, read_pairs, argv=None):
+    """The whole ``data_prep`` pair-list script: ``--pairs --images --out --device
+    --fallback-fraction``, ``read_pairs(pairs, images)`` -> ``build_bin`` with MTCNN choosing
+    the face nearest the centre; prints the report and every image without a face."""
+    import argparse
+
+    from facekd.data.detect import FaceDetector
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--pairs", required=True, help=pairs_help)
+    p.add_argument("--images", required=True, help="folder holding the listed images")
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--device", default="cpu", help="torch device for MTCNN")
+    p.add_argument("--fallback-fraction", type=float, default=LFW_FRACTION)
+    args = p.parse_args(argv)
+    detector = FaceDetector(policy="center", device=args.device)
+    pairs = read_pairs(args.pairs, args.images)
+    report = build_bin(pairs, args.out, detector, fraction=args.fallback_fraction)
+    print(report)
+    for path in report.no_face:
+        print("  no face:", path)
+    return report
