@@ -28,7 +28,10 @@ def test_contract_shapes_and_forward_equals_features(name):
         emb = model(x)
     assert emb.shape == (3, model.num_features)
     torch.testing.assert_close(out.embedding, emb)
-    assert out.pooled.shape == (3, out.stages[-1].shape[1]) or out.pooled.dim() == 2
+    # pooled = GAP of the last conv map: iResNet bn2 (= last stage width), MobileFaceNet conv_sep
+    last_conv = model.conv_sep.layers[0] if hasattr(model, "conv_sep") else None
+    width = last_conv.out_channels if last_conv is not None else out.stages[-1].shape[1]
+    assert out.pooled.shape == (3, width)
     assert len(out.stages) >= 4
     sides = [s.shape[-1] for s in out.stages]
     assert sides == sorted(sides, reverse=True), "stages go from the stem to the last stage"
