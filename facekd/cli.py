@@ -168,8 +168,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from facekd.experiment import build_dataset, build_distiller
 
     cfg = _config(args)
-    if not (cfg.teacher.model and cfg.teacher.cache):
-        raise UsageError("the config needs teacher.model and teacher.cache")
+    t = cfg.teacher
+    if not ((t.model or t.onnx or t.ensemble) and t.cache):
+        raise UsageError("the config needs a teacher (model, onnx or ensemble) and teacher.cache")
     distiller = build_distiller(cfg, build_dataset(cfg, None))
     if distiller.teacher_cache is None:
         raise UsageError("augmentation changes the teacher's view: set data.augment.flip_p=0")

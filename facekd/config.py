@@ -171,12 +171,30 @@ class HeadSpec:
 
 
 @dataclasses.dataclass
-class TeacherSpec:
-    """The frozen teacher. ``model`` None: no teacher (teacher training or a baseline)."""
+class TeacherMember:
+    """One teacher of an ensemble: a backbone (``model``) or an ONNX file (``onnx``)."""
 
     model: str | None = None
+    onnx: str | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)  # backbone or OnnxTeacher options
+    head: str | None = None  # checkpoint with a head, or "fit" (see TeacherSpec.head)
+
+
+@dataclasses.dataclass
+class TeacherSpec:
+    """The frozen teacher: one of ``model`` (backbone / checkpoint / legacy MXNet prefix),
+    ``onnx`` (black-box ONNX file, ``kwargs`` = ``facekd.teachers.OnnxTeacher`` options) or
+    ``ensemble`` (a list of members, METHODS 4.7). None of them: no teacher (a baseline)."""
+
+    model: str | None = None
+    onnx: str | None = None
+    ensemble: list[TeacherMember] = dataclasses.field(default_factory=list)
+    combine: Literal["mean", "concat"] = "mean"  # ensemble embeddings: averaged or joined
     kwargs: dict = dataclasses.field(default_factory=dict)
-    head: str | None = None  # training checkpoint whose head gives teacher logits (Hinton)
+    # teacher logits (Hinton): a training checkpoint holding a head, or "fit": a head fitted on
+    # the frozen teacher embeddings of the training identities (facekd.teacher_head)
+    head: str | None = None
+    head_fit: dict = dataclasses.field(default_factory=dict)  # name, kwargs, steps for "fit"
     cache: str | None = None  # directory of precomputed outputs: built if absent
     cache_stages: list[int] = dataclasses.field(default_factory=list)
     cache_dtype: Literal["float16", "float32"] = "float16"

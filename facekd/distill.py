@@ -31,7 +31,10 @@ def _to_float(out: ModelOutput) -> ModelOutput:
         return None if t is None else t.float()
 
     return ModelOutput(
-        embedding=f(out.embedding), stages=[f(s) for s in out.stages], pooled=f(out.pooled)
+        embedding=f(out.embedding),
+        stages=[f(s) for s in out.stages],
+        pooled=f(out.pooled),
+        logits=f(out.logits),
     )
 
 
@@ -84,6 +87,10 @@ class Distiller(nn.Module):
         self.__dict__["teacher_head"] = teacher_head
         self.teacher_cache = teacher_cache
         if teacher is not None:
+            from facekd.teachers import check_teacher_serves
+
+            if teacher_cache is None:
+                check_teacher_serves(teacher, losses, has_head=teacher_head is not None)
             teacher.eval().requires_grad_(False)
         if teacher_head is not None:
             teacher_head.eval().requires_grad_(False)
@@ -114,7 +121,7 @@ class Distiller(nn.Module):
             with torch.autocast(view.device.type, dtype=torch.bfloat16, enabled=self.teacher_bf16):
                 out = self.teacher.forward_features(view)
             out = _to_float(out)
-        if "logits" in self.requires:
+        if "logits" in self.requires and out.logits is None:  # ensembles bring their own
             if self.teacher_head is None:
                 raise ValueError("a loss needs teacher logits but no teacher_head was given")
             out.logits = self.teacher_head(out.embedding.float(), None).logits

@@ -15,12 +15,14 @@ import torch
 
 from facekd.config import ExperimentConfig, to_dict
 from facekd.data.augment import build_transform
+from facekd.data.batching import collate_batch
 from facekd.data.sampler import PKBatchSampler, ShuffledBatchSampler
 from facekd.distill import Distiller
 from facekd.losses import build_loss
 from facekd.models import build_head
 from facekd.models.checkpoints import load_backbone
 from facekd.teacher_cache import TeacherCache, build_teacher_cache
+from facekd.teachers import build_teacher, check_teacher_serves, teacher_provides
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +83,52 @@ def _teacher_head(path: str):
     return head.eval()
 
 
+def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
+    """``teacher.head: fit``: a head over the training identities on frozen teacher embeddings
+    (``facekd.teacher_head``), from the cache or one pass of the teacher over clean images."""
+    from facekd.teacher_head import fit_teacher_head
+
+    if cache is not None:
+        embeddings = cache.arrays["embedding"]
+    elif teacher is not None:
+        clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
+        loader = torch.utils.data.DataLoader(clean, batch_size=64, collate_fn=collate_batch)
+        with torch.no_grad():
+            embeddings = torch.cat(
+                [teacher.eval().forward_features(b.teacher_view).embedding for b in loader]
+            )
+    else:
+        raise ValueError("teacher.head: fit needs a teacher (or a teacher cache)")
+    spec = cfg.teacher.head_fit
+    unknown = sorted(set(spec) - {"name", "kwargs", "steps"})
+    if unknown:
+        raise ValueError(f"teacher.head_fit: unknown key(s) {unknown}; valid: name, kwargs, steps")
+    return fit_teacher_head(
+        embeddings,
+        dataset.labels,
+        name=spec.get("name", "arcface"),
+        kwargs=spec.get("kwargs", {}),
+        num_classes=dataset.num_classes,
+        steps=int(spec.get("steps", 300)),
+    )
+
+
 def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
     t = cfg.teacher
-    teacher = load_backbone(t.model, **t.kwargs) if t.model else None
+    hinton_T = next((float(s.kwargs.get("T", 4.0)) for s in cfg.losses if s.name == "hinton"), 4.0)
+
+    def member_head(member, option: str):  # ensembles: each member's own head (METHODS 4.7)
+        if option == "fit":
+            return _fitted_teacher_head(cfg, member, None, dataset)
+        return _teacher_head(option)
+
+    teacher, _ = build_teacher(t, head_for=member_head, T=hinton_T)
     size = {"input_size": cfg.data.student_size or cfg.data.image_size, **cfg.student.kwargs}
     if cfg.student.init == "kt":
-        if teacher is None:
-            raise ValueError("student.init=kt needs teacher.model (the weights to transfer)")
+        if teacher is None or not t.model:
+            raise ValueError(
+                "student.init=kt needs teacher.model (a backbone whose weights to transfer)"
+            )
         from facekd.models.transfer import build_kt_student
 
         student, report = build_kt_student(teacher, fc=cfg.student.init_fc, **size)
@@ -105,7 +146,8 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
         )
     losses = {spec.name: build_loss(spec.name, **spec.kwargs) for spec in cfg.losses}
     weights = {spec.name: spec.weight for spec in cfg.losses}
-    teacher_head = _teacher_head(t.head) if t.head else None
+    if teacher is not None and losses:  # refuse before any caching or training
+        check_teacher_serves(teacher, losses, has_head=bool(t.head))
     cache = None
     if teacher is not None and t.cache and losses:
         spec = _augment_spec(cfg)
@@ -118,8 +160,11 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
             )
         else:
             clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-            fields = ("embedding", "pooled")
+            provides = teacher_provides(teacher)
+            fields = ("embedding", *(f for f in ("pooled", "logits") if f in provides))
             preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
+            if "logits" in fields:  # ensemble probabilities are averaged at this temperature
+                preprocessing += f";T={hinton_T}"
             cache = build_teacher_cache(
                 teacher,
                 clean,
@@ -127,9 +172,15 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
                 preprocessing,
                 fields=fields,
                 stages=tuple(t.cache_stages),
+                dtype=t.cache_dtype,
                 num_workers=cfg.data.workers,
             )
             log.info("teacher outputs come from the cache at %s", t.cache)
+    teacher_head = None
+    if t.head == "fit":
+        teacher_head = _fitted_teacher_head(cfg, teacher, cache, dataset)
+    elif t.head:
+        teacher_head = _teacher_head(t.head)
     return Distiller(
         student,
         head=head,

@@ -13,6 +13,8 @@ Graph contract (written into the sidecar too):
   flip-sum: the test-time recipe of ``facekd.evaluation.embed`` is applied outside the graph,
   so ``extract_embeddings("student.onnx", faces)`` equals the torch path).
 * only the backbone (``load_backbone`` gives exactly that: no classifier head, no adapters).
+* metadata ``facekd.preprocessing``: this contract as JSON (mean / std 127.5 on 0-255
+  pixels, RGB, NCHW, input size, architecture), read by ``facekd.teachers.OnnxTeacher``.
 * opset 17 by default: supported by onnxruntime >= 1.14, TensorRT >= 8.6, OpenVINO 2023+ and
   ONNX.js/onnxruntime-web, and enough for every op of iResNet / MobileFaceNet. The dynamo
   exporter writes opset 18 and converts down; the sidecar records the opset actually written.
@@ -157,6 +159,27 @@ def _check_graph(path: Path, size: int) -> int:
     return max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _stamp_preprocessing(path: Path, model: nn.Module, size: int) -> None:
+    """Write the input contract into the graph's metadata, where ``OnnxTeacher`` reads it."""
+    import onnx
+
+    from facekd.teachers.onnx_teacher import METADATA_KEY
+
+    proto = onnx.load(str(path))
+    contract = {
+        "mean": 127.5,
+        "std": 127.5,
+        "channels": "rgb",
+        "layout": "nchw",
+        "input_size": size,
+        "arch": getattr(model, "arch", type(model).__name__),
+        "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
+    }
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(contract)})
+    onnx.save(proto, str(path))
+
+
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -254,6 +277,7 @@ def export_onnx(
                     f"ONNX export failed (dynamo: {dynamo_error}; torchscript: "
                     f"{type(err2).__name__}: {err2})"
                 ) from err2
+        _stamp_preprocessing(tmp, model, size)
         written_opset = _check_graph(tmp, size)
         faces = parity_faces(size)
         parity = compare_backends(model, _session(tmp), faces)

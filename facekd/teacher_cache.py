@@ -8,6 +8,7 @@ epoch, so facekd computes them once per data set:
       meta.json          key (teacher weights, data set, preprocessing), fields, shapes, count
       embedding.npy      (N, D)          float16 by default
       pooled.npy         (N, C)
+      logits.npy         (N, K)          only for teachers that give logits (ensembles)
       stage{i}.npy       (N, C_i, H_i, W_i)   only the stages asked for (large!)
 
 ``meta.json`` is written last, after every array is complete, so a half-built cache is never
@@ -40,7 +41,10 @@ class CacheMismatchError(ValueError):
 
 
 def fingerprint_module(module: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer."""
+    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer, or the
+    module's own ``fingerprint()`` (ONNX teachers and ensembles hold no torch weights)."""
+    if callable(getattr(module, "fingerprint", None)):
+        return str(module.fingerprint())
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
@@ -119,6 +123,7 @@ class TeacherCache:
             embedding=get("embedding"),
             stages=stages,
             pooled=get("pooled") if "pooled" in self.arrays else None,
+            logits=get("logits") if "logits" in self.arrays else None,
         )
 
 
@@ -128,7 +133,7 @@ def build_teacher_cache(
     dataset,
     root: str | os.PathLike,
     preprocessing: str,
-    fields: tuple[str, ...] = ("embedding", "pooled"),
+    fields: tuple[str, ...] | None = None,
     stages: tuple[int, ...] = (),
     dtype: str = "float16",
     batch_size: int = 64,
@@ -140,25 +145,40 @@ def build_teacher_cache(
 
     ``preprocessing`` describes the teacher's input (size, normalisation, crop) and is part of
     the key. Items' ``teacher_image`` is used when present (the high-resolution view).
+    ``fields``: default ``embedding`` plus whichever of ``pooled`` / ``logits`` the teacher
+    gives (``facekd.teachers.teacher_provides``); a field asked for explicitly must exist.
     """
+    if fields is None:
+        from facekd.teachers import teacher_provides
+
+        provides = teacher_provides(teacher)
+        fields = ("embedding", *(f for f in ("pooled", "logits") if f in provides))
     root = Path(root)
     key = CacheKey(fingerprint_module(teacher), fingerprint_dataset(dataset), preprocessing)
     if (root / "meta.json").exists():
         return TeacherCache(root, key)  # finished and matching, or refused with a reason
-    unknown = set(fields) - {"embedding", "pooled"}
+    unknown = set(fields) - {"embedding", "pooled", "logits"}
     if unknown or "embedding" not in fields:
         raise ValueError(
-            f"cache fields must include 'embedding' and may add 'pooled'; got {fields}"
+            f"cache fields must include 'embedding' and may add 'pooled', 'logits'; got {fields}"
         )
     root.mkdir(parents=True, exist_ok=True)
     teacher = teacher.to(device).eval()
     n = len(dataset)
     probe = collate_batch([dataset[0]]).to(device)
     out = teacher.forward_features(probe.teacher_view)
+    if stages and not out.stages:
+        raise ValueError(
+            f"the teacher gives no stage maps (a black-box ONNX teacher or an ensemble), so "
+            f"stages {list(stages)} cannot be cached; drop teacher.cache_stages"
+        )
     stages = tuple(sorted({s % len(out.stages) for s in stages}))  # -1 -> last stage
     shapes = {"embedding": out.embedding.shape[1:]}
-    if "pooled" in fields:
-        shapes["pooled"] = out.pooled.shape[1:]
+    for name in ("pooled", "logits"):
+        if name in fields:
+            if getattr(out, name) is None:
+                raise ValueError(f"cache field {name!r} asked for, but the teacher gives none")
+            shapes[name] = getattr(out, name).shape[1:]
     for s in stages:
         shapes[f"stage{s}"] = out.stages[s].shape[1:]
     progress_path = root / "progress.json"
@@ -183,8 +203,7 @@ def build_teacher_cache(
         out = teacher.forward_features(batch.to(device).teacher_view)
         b = len(batch)
         values = {"embedding": out.embedding}
-        if "pooled" in arrays:
-            values["pooled"] = out.pooled
+        values.update({name: getattr(out, name) for name in ("pooled", "logits") if name in arrays})
         values.update({f"stage{s}": out.stages[s] for s in stages})
         for name, value in values.items():
             stored = value.float().cpu().numpy().astype(dtype)

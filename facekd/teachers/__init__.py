@@ -1,0 +1,100 @@
+"""Teachers from what users hold: facekd / InsightFace backbones, ONNX files, ensembles.
+
+``build_teacher(spec)`` turns a config's ``TeacherSpec`` into one frozen module with
+``forward_features`` (plus the head that gives its logits, if any):
+
+* ``model``: anything ``facekd.models.checkpoints.load_backbone`` reads (a white box: every
+  method works);
+* ``onnx``: ``OnnxTeacher`` (a black box: embedding, and pooled when its tensor is named);
+* ``ensemble``: ``TeacherEnsemble`` of members of either kind (METHODS 4.7).
+
+``check_teacher_serves`` says, before any training or caching, when a teacher cannot serve
+the configured losses (e.g. FitNets with an ONNX teacher: no stage maps).
+"""
+
+from __future__ import annotations
+
+from facekd.teachers.ensemble import TeacherEnsemble, average_probabilities_as_logits
+from facekd.teachers.onnx_teacher import OnnxTeacher, OnnxTeacherError
+
+ALL_OUTPUTS = frozenset({"embedding", "pooled", "stages"})
+
+
+def teacher_provides(teacher) -> frozenset:
+    """What ``teacher.forward_features`` fills: backbones everything, black boxes less."""
+    return frozenset(getattr(teacher, "provides", ALL_OUTPUTS))
+
+
+def check_teacher_serves(teacher, losses: dict, has_head: bool = False) -> None:
+    """Raise ``ValueError`` naming each loss whose inputs this teacher cannot give."""
+    provides = teacher_provides(teacher)
+    if has_head:
+        provides |= {"logits"}
+    unserved = {
+        name: sorted(set(loss.requires) - provides)
+        for name, loss in losses.items()
+        if set(loss.requires) - provides
+    }
+    if unserved:
+        kind = type(teacher).__name__
+        raise ValueError(
+            f"the teacher ({kind}) gives only {sorted(provides)}, but losses need more: "
+            f"{unserved}. Stage maps need a white-box backbone (a checkpoint, not an ONNX file "
+            "or an ensemble); pooled features from an ONNX file need "
+            "teacher.kwargs.pooled_output; logits need teacher.head (a checkpoint or 'fit')"
+        )
+
+
+def _member(model: str | None, onnx: str | None, kwargs: dict, where: str):
+    if (model is None) == (onnx is None):
+        raise ValueError(f"{where}: give exactly one of model and onnx")
+    if onnx is not None:
+        return OnnxTeacher(onnx, **kwargs)
+    from facekd.models.checkpoints import load_backbone
+
+    return load_backbone(model, **kwargs)
+
+
+def build_teacher(spec, head_for=None, T: float = 4.0):
+    """``(teacher, head)`` from a ``TeacherSpec``; ``(None, None)`` when there is no teacher.
+
+    ``head_for(member, head_option)`` returns a member's head (the experiment builder fits or
+    loads it); it is called only where ``head`` is set. ``T``: the Hinton temperature at which
+    an ensemble averages its members' probabilities.
+    """
+    given = [k for k in ("model", "onnx", "ensemble") if getattr(spec, k)]
+    if len(given) > 1:
+        raise ValueError(f"teacher: give one of model, onnx, ensemble (got {given})")
+    if not given:
+        return None, None
+    if not spec.ensemble:
+        teacher = _member(spec.model, spec.onnx, spec.kwargs, "teacher")
+        head = head_for(teacher, spec.head) if spec.head and head_for else None
+        return teacher, head
+    if spec.kwargs or spec.head:
+        raise ValueError(
+            "teacher.kwargs / teacher.head do not apply to an ensemble: set them per member "
+            "(teacher.ensemble[i].kwargs / .head)"
+        )
+    members = [
+        _member(m.model, m.onnx, m.kwargs, f"teacher.ensemble[{i}]")
+        for i, m in enumerate(spec.ensemble)
+    ]
+    with_heads = [m.head is not None for m in spec.ensemble]
+    if any(with_heads) and not all(with_heads):
+        raise ValueError("teacher.ensemble: give a head to every member or to none")
+    heads = None
+    if all(with_heads) and head_for is not None:
+        heads = [head_for(t, m.head) for t, m in zip(members, spec.ensemble, strict=True)]
+    return TeacherEnsemble(members, combine=spec.combine, heads=heads, T=T), None
+
+
+__all__ = [
+    "OnnxTeacher",
+    "OnnxTeacherError",
+    "TeacherEnsemble",
+    "average_probabilities_as_logits",
+    "build_teacher",
+    "check_teacher_serves",
+    "teacher_provides",
+]
