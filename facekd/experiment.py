@@ -122,7 +122,7 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
             return _fitted_teacher_head(cfg, member, None, dataset)
         return _teacher_head(option)
 
-    teacher, _ = build_teacher(t, head_for=member_head, T=hinton_T)
+    teacher = build_teacher(t, head_for=member_head, T=hinton_T)
     size = {"input_size": cfg.data.student_size or cfg.data.image_size, **cfg.student.kwargs}
     if cfg.student.init == "kt":
         if teacher is None or not t.model:

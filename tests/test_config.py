@@ -91,3 +91,22 @@ def test_benchmark_configs_are_short_and_valid():
         assert all(loss.name in LOSSES for loss in cfg.losses), path.name
         assert cfg.head is None or cfg.head.name in HEADS
         assert cfg.student.name in BACKBONES or cfg.student.name.endswith((".pt", ".pth"))
+
+
+def test_real_data_benchmark_configs_are_short_and_valid(tmp_path):
+    """benchmarks/configs/real: common.yaml + each method's lines, as the driver merges them."""
+    import importlib.util
+    from pathlib import Path
+
+    from facekd.config import ExperimentConfig, from_dict
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_real", root / "bench_real_distill.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for method in bench.METHODS:
+        path = root / "configs" / "real" / f"{method}.yaml"
+        assert len(path.read_text().splitlines()) <= 15, f"{path.name} is not short"
+        cfg = from_dict(ExperimentConfig, bench.method_config(method, tmp_path, quick=False))
+        assert cfg.data.student_size == 56 and cfg.train.steps == 1000
+        assert "{" not in str(cfg.teacher.cache or "") and "{" not in str(cfg.data.path)

@@ -322,3 +322,42 @@ def test_real_legacy_model_as_onnx_teacher_caches_what_torch_does(tmp_path):
     ]
     a, b = (torch.from_numpy(np.array(c.arrays["embedding"])) for c in caches)
     assert a.shape == (8, 128) and _cosines(a, b).min() >= 0.9999
+
+
+def test_single_teacher_head_is_fitted_once_from_the_cache(exported, tmp_path, monkeypatch):
+    """``teacher.head: fit`` with a cache: one fit, on the cached embeddings (no teacher pass)."""
+    import facekd.teacher_head as th
+
+    _, ckpt, _ = exported
+    calls = []
+    real_fit = th.fit_teacher_head
+
+    def spy(embeddings, labels, **kw):
+        calls.append(type(embeddings))
+        return real_fit(embeddings, labels, **kw)
+
+    monkeypatch.setattr(th, "fit_teacher_head", spy)
+    cfg = from_dict(
+        ExperimentConfig,
+        {
+            "student": {"kwargs": {"width": 0.25, "num_features": 32}},
+            "teacher": {"model": str(ckpt), "cache": str(tmp_path / "c"), "head": "fit",
+                        "head_fit": {"steps": 5}},
+            "losses": [{"name": "hinton"}],
+            "data": {"identities": 3, "images_per_identity": 2, "image_size": SIZE,
+                     "augment": {"flip_p": 0.0}, "workers": 0},
+        },
+    )  # fmt: skip
+    distiller = build_distiller(cfg, build_dataset(cfg, None))
+    assert calls == [np.memmap] and distiller.teacher_head.weight.shape == (3, 32)
+    plain = to_plain(cfg)
+    plain["teacher"]["head_fit"] = {"stesp": 5}
+    bad = from_dict(ExperimentConfig, plain)
+    with pytest.raises(ValueError, match=r"head_fit: unknown key\(s\) \['stesp'\]"):
+        build_distiller(bad, build_dataset(bad, None))
+
+
+def to_plain(cfg) -> dict:
+    from facekd.config import to_dict
+
+    return to_dict(cfg)

@@ -56,21 +56,21 @@ def _member(model: str | None, onnx: str | None, kwargs: dict, where: str):
 
 
 def build_teacher(spec, head_for=None, T: float = 4.0):
-    """``(teacher, head)`` from a ``TeacherSpec``; ``(None, None)`` when there is no teacher.
+    """The teacher module of a ``TeacherSpec``, or ``None`` when there is no teacher.
 
-    ``head_for(member, head_option)`` returns a member's head (the experiment builder fits or
-    loads it); it is called only where ``head`` is set. ``T``: the Hinton temperature at which
-    an ensemble averages its members' probabilities.
+    ``head_for(member, head_option)`` returns an ensemble member's head (the experiment
+    builder fits or loads it), called for members whose ``head`` is set; a single teacher's
+    ``spec.head`` is left to the caller (a head fitted from the teacher cache is cheaper).
+    ``T``: the Hinton temperature at which an ensemble averages its members' probabilities.
     """
     given = [k for k in ("model", "onnx", "ensemble") if getattr(spec, k)]
     if len(given) > 1:
         raise ValueError(f"teacher: give one of model, onnx, ensemble (got {given})")
     if not given:
-        return None, None
+        return None
     if not spec.ensemble:
-        teacher = _member(spec.model, spec.onnx, spec.kwargs, "teacher")
-        head = head_for(teacher, spec.head) if spec.head and head_for else None
-        return teacher, head
+        # a single teacher's head is the caller's: "fit" can then use the teacher cache
+        return _member(spec.model, spec.onnx, spec.kwargs, "teacher")
     if spec.kwargs or spec.head:
         raise ValueError(
             "teacher.kwargs / teacher.head do not apply to an ensemble: set them per member "
@@ -86,7 +86,7 @@ def build_teacher(spec, head_for=None, T: float = 4.0):
     heads = None
     if all(with_heads) and head_for is not None:
         heads = [head_for(t, m.head) for t, m in zip(members, spec.ensemble, strict=True)]
-    return TeacherEnsemble(members, combine=spec.combine, heads=heads, T=T), None
+    return TeacherEnsemble(members, combine=spec.combine, heads=heads, T=T)
 
 
 __all__ = [
