@@ -108,5 +108,5 @@ def test_real_data_benchmark_configs_are_short_and_valid(tmp_path):
         path = root / "configs" / "real" / f"{method}.yaml"
         assert len(path.read_text().splitlines()) <= 15, f"{path.name} is not short"
         cfg = from_dict(ExperimentConfig, bench.method_config(method, tmp_path, quick=False))
-        assert cfg.data.student_size == 56 and cfg.train.steps == 1000
+        assert cfg.data.student_size == 56 and cfg.train.steps == 800
         assert "{" not in str(cfg.teacher.cache or "") and "{" not in str(cfg.data.path)
