@@ -8,6 +8,7 @@ cause raise ``UsageError``: ``main`` prints the message on stderr and returns ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -148,13 +149,24 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore OUT_DIR/checkpoint.pt")
 
 
+@contextlib.contextmanager
+def _setup_errors():
+    """Errors in what a config asks for (a teacher that cannot serve a loss, a missing file,
+    a stale cache) are the user's to fix: one line, exit code 2, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a teacher, a baseline student or a distilled student from a config (torchrun-ready)."""
     from facekd.config import save_config
     from facekd.experiment import build_trainer
 
     cfg = _config(args)
-    trainer = build_trainer(cfg)
+    with _setup_errors():
+        trainer = build_trainer(cfg)
     save_config(cfg, Path(cfg.out_dir) / "config.yaml")
     if not args.no_resume and trainer.resume():
         print(f"resuming from {trainer.checkpoint_path}")
@@ -171,7 +183,8 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     t = cfg.teacher
     if not ((t.model or t.onnx or t.ensemble) and t.cache):
         raise UsageError("the config needs a teacher (model, onnx or ensemble) and teacher.cache")
-    distiller = build_distiller(cfg, build_dataset(cfg, None))
+    with _setup_errors():
+        distiller = build_distiller(cfg, build_dataset(cfg, None))
     if distiller.teacher_cache is None:
         raise UsageError("augmentation changes the teacher's view: set data.augment.flip_p=0")
     print(f"teacher cache ready: {cfg.teacher.cache} ({len(distiller.teacher_cache)} items)")

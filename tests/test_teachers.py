@@ -361,3 +361,26 @@ def to_plain(cfg) -> dict:
     from facekd.config import to_dict
 
     return to_dict(cfg)
+
+
+def test_cache_teacher_command_takes_an_onnx_teacher(exported, tmp_path, capsys):
+    import yaml
+
+    from facekd.cli import main
+
+    _, _, onnx_path = exported
+    cfg = {
+        "teacher": {"onnx": str(onnx_path), "cache": str(tmp_path / "cache")},
+        "losses": [{"name": "triplet_distillation"}],
+        "data": {"identities": 2, "images_per_identity": 2, "image_size": SIZE,
+                 "augment": {"flip_p": 0.0}, "workers": 0},
+    }  # fmt: skip
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["cache-teacher", str(path)]) == 0
+    assert "teacher cache ready" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "meta.json").exists()
+    cfg["losses"] = [{"name": "attention"}]  # needs stage maps: refused before any caching
+    path.write_text(yaml.safe_dump(cfg | {"teacher": {**cfg["teacher"], "cache": "x"}}))
+    assert main(["cache-teacher", str(path)]) == 2
+    assert "white-box" in capsys.readouterr().err and not (tmp_path / "x").exists()
