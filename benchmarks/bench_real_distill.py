@@ -231,9 +231,11 @@ def main(argv=None) -> int:
     from real_report import write_real_report
 
     command = "benchmarks/bench_real_distill.py" + (" --quick" if args.quick else "")
+    if args.steps:
+        command += f" --steps {args.steps}"
     md = write_real_report(
         methods, work, sets, out, times, quick=args.quick, command=command, prep_seconds=t_prep,
-        wall_start=t0,
+        wall_start=t0, steps=QUICK["steps"] if args.quick else args.steps,
     )  # fmt: skip
     print(md.read_text())
     return 0

@@ -59,10 +59,10 @@ def verdicts(rows: list[dict], sets: list[str]) -> list[str]:
 
 def write_real_report(
     methods, work: Path, sets, out: Path, times: dict, *, quick: bool, command: str,
-    prep_seconds: float, wall_start: float,
+    prep_seconds: float, wall_start: float, steps: int | None = None,
 ) -> Path:  # fmt: skip
     import yaml
-    from bench_real_distill import CONFIGS, TEACHER
+    from bench_real_distill import CONFIGS, QUICK, TEACHER
 
     from facekd.evaluation.bench import QUICK_BUDGET, run_benchmark
     from facekd.evaluation.profile import TimingBudget
@@ -76,7 +76,8 @@ def write_real_report(
     student = common["student"]["kwargs"]
     n_train = sum(1 for _ in (work / "train_aligned").rglob("*.jpg"))
     n_ids = sum(1 for d in (work / "train_aligned").iterdir() if d.is_dir())
-    steps = 4 if quick else common["train"]["steps"]
+    steps = steps or common["train"]["steps"]
+    batch = QUICK["batch"] if quick else common["data"]["batch_size"]
     notes = [
         (
             "QUICK SMOKE RUN (a few identities, steps and pairs): numbers mean nothing. "
@@ -85,14 +86,17 @@ def write_real_report(
         )
         + f"Training set: {n_train} aligned CelebA photos of {n_ids} identities "
         "(MTCNN + ArcFace 5-point template, 112 px); every student trains "
-        f"{steps} steps of batch {common['data']['batch_size']} (same schedule), from "
+        f"{steps} steps of batch {batch} (same schedule), from "
         "scratch or distilled from the cached teacher.",
         f"Student: MobileFaceNet width {student['width']}, {student['num_features']}-d "
         f"embedding, input {common['data']['student_size']} px (the teacher sees the same "
         "faces at 112 px).",
-        "Verification: LFW-mini (official folds 1-2, 1,200 pairs), CFP-FF / CFP-FP-mini "
-        "(folds 01-02, 700 pairs each): accuracy over the protocol's 2 folds, ± fold std. "
-        "The @56px columns feed every model the faces down-sampled to 56 px.",
+        "Verification: LFW-mini (official folds 1-2), CFP-FF / CFP-FP-mini (folds 01-02), "
+        f"{', '.join(f'{ps.name} {len(ps)} pairs' for ps in sets)}: accuracy over the "
+        "protocol's 2 folds, ± fold std. "
+        "The @56px columns feed every model the faces down-sampled to 56 px. CFP-mini photos "
+        "are tight crops, so aligned CFP faces carry black borders where the photo ends: CFP "
+        "numbers (the teacher's too) sit below published full-CFP ones; compare the rows.",
         f"Preparation (alignment, .bin packing, teacher cache) {prep_seconds:.0f} s of this "
         f"run; machine: {platform.processor() or platform.machine()}.",
     ]

@@ -158,7 +158,8 @@ def run_benchmark(
     plot_accuracy(rows, out / "accuracy.png", bars, title="Verification accuracy, 10-fold")
     images.insert(0, "accuracy.png")
     std_notes = [
-        "Accuracy: insightface 10-fold protocol (flip-sum, L2-normalised, exact threshold search).",
+        "Accuracy: insightface protocol (flip-sum, L2-normalised, exact threshold search) over "
+        "the set's own folds, else 10 contiguous blocks of the .bin.",
         "Compression = teacher params / model params; speed-up = teacher median latency / model "
         "median latency, measured side by side in this run (interleaved).",
     ]
