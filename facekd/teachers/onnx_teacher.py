@@ -62,7 +62,9 @@ def _per_channel(value, name: str) -> np.ndarray:
 
 
 class OnnxTeacher(nn.Module):
-    """See the module docstring. ``device``: ``"cuda"`` uses the CUDA provider (must exist)."""
+    """See the module docstring. ``device``: ``"auto"`` (default) runs on onnxruntime's CUDA
+    provider when it and a CUDA device are available, else on the CPU; ``"cuda"`` insists on
+    CUDA (an error without it), ``"cpu"`` never uses it."""
 
     provides = frozenset({"embedding"})  # + "pooled" when pooled_output is given
 
@@ -77,7 +79,7 @@ class OnnxTeacher(nn.Module):
         input_size: int | None = None,
         embedding_output: str | None = None,
         pooled_output: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         super().__init__()
         import onnx
@@ -149,11 +151,12 @@ class OnnxTeacher(nn.Module):
         if pooled_output:
             self.provides = frozenset({"embedding", "pooled"})
         providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise OnnxTeacherError(
-                    "device is CUDA but onnxruntime has no CUDAExecutionProvider"
-                )
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if str(device).startswith("cuda") and not has_cuda:
+            raise OnnxTeacherError("device is CUDA but onnxruntime has no CUDAExecutionProvider")
+        if str(device).startswith("cuda") or (
+            device == "auto" and has_cuda and torch.cuda.is_available()
+        ):
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(raw, providers=providers)
         contract = {
