@@ -192,7 +192,7 @@ class TeacherSpec:
     combine: Literal["mean", "concat"] = "mean"  # ensemble embeddings: averaged or joined
     kwargs: dict = dataclasses.field(default_factory=dict)
     # teacher logits (Hinton): a training checkpoint holding a head, or "fit": a head fitted on
-    # the frozen teacher embeddings of the training identities (facekd.teacher_head)
+    # the frozen teacher embeddings of the training identities (facekd.teachers.fitted_head)
     head: str | None = None
     head_fit: dict = dataclasses.field(default_factory=dict)  # name, kwargs, steps for "fit"
     cache: str | None = None  # directory of precomputed outputs: built if absent

@@ -85,8 +85,8 @@ def _teacher_head(path: str):
 
 def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
     """``teacher.head: fit``: a head over the training identities on frozen teacher embeddings
-    (``facekd.teacher_head``), from the cache or one pass of the teacher over clean images."""
-    from facekd.teacher_head import fit_teacher_head
+    (``facekd.teachers.fitted_head``), from the cache or one teacher pass over clean images."""
+    from facekd.teachers.fitted_head import fit_teacher_head
 
     if cache is not None:
         embeddings = cache.arrays["embedding"]

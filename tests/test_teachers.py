@@ -15,13 +15,13 @@ from facekd.losses import build_loss
 from facekd.models import build_backbone, build_head
 from facekd.models.checkpoints import save_backbone
 from facekd.teacher_cache import build_teacher_cache
-from facekd.teacher_head import fit_teacher_head
 from facekd.teachers import (
     OnnxTeacher,
     OnnxTeacherError,
     TeacherEnsemble,
     average_probabilities_as_logits,
 )
+from facekd.teachers.fitted_head import fit_teacher_head
 
 SIZE = 32
 
@@ -326,7 +326,7 @@ def test_real_legacy_model_as_onnx_teacher_caches_what_torch_does(tmp_path):
 
 def test_single_teacher_head_is_fitted_once_from_the_cache(exported, tmp_path, monkeypatch):
     """``teacher.head: fit`` with a cache: one fit, on the cached embeddings (no teacher pass)."""
-    import facekd.teacher_head as th
+    import facekd.teachers.fitted_head as th
 
     _, ckpt, _ = exported
     calls = []
