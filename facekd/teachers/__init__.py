@@ -8,6 +8,9 @@
 * ``onnx``: ``OnnxTeacher`` (a black box: embedding, and pooled when its tensor is named);
 * ``ensemble``: ``TeacherEnsemble`` of members of either kind (METHODS 4.7).
 
+``fit_teacher_head`` (``teacher.head: fit``) gives a teacher without a classifier the logits
+Hinton KD needs, over the student's training identities.
+
 ``check_teacher_serves`` says, before any training or caching, when a teacher cannot serve
 the configured losses (e.g. FitNets with an ONNX teacher: no stage maps).
 """
@@ -15,6 +18,7 @@ the configured losses (e.g. FitNets with an ONNX teacher: no stage maps).
 from __future__ import annotations
 
 from facekd.teachers.ensemble import TeacherEnsemble, average_probabilities_as_logits
+from facekd.teachers.fitted_head import fit_teacher_head
 from facekd.teachers.onnx_teacher import OnnxTeacher, OnnxTeacherError
 
 ALL_OUTPUTS = frozenset({"embedding", "pooled", "stages"})
@@ -96,5 +100,6 @@ __all__ = [
     "average_probabilities_as_logits",
     "build_teacher",
     "check_teacher_serves",
+    "fit_teacher_head",
     "teacher_provides",
 ]
