@@ -233,6 +233,12 @@ def main(argv=None) -> int:
     command = "benchmarks/bench_real_distill.py" + (" --quick" if args.quick else "")
     if args.steps:
         command += f" --steps {args.steps}"
+    if methods != list(METHODS):
+        command += f" --methods {','.join(methods)}"
+    if args.work:
+        command += f" --work {args.work}"
+    if args.out:
+        command += f" --out {args.out}"
     md = write_real_report(
         methods, work, sets, out, times, quick=args.quick, command=command, prep_seconds=t_prep,
         wall_start=t0, steps=QUICK["steps"] if args.quick else args.steps,
