@@ -189,9 +189,19 @@ def test_black_box_teacher_refuses_stage_methods_and_serves_pooled_when_named(ex
     with torch.no_grad():
         ref = model.forward_features(x)
     assert got is not None and got.shape[0] == 3
-    Distiller(student, losses={"pooling_transfer": build_loss("pooling_transfer")},
-              teacher=with_pooled)  # fmt: skip
+    losses = {name: build_loss(name) for name in ("pooling_transfer", "embedding")}
+    distiller = Distiller(student, losses=losses, teacher=with_pooled)
     assert torch.isfinite(got).all() and ref.embedding.shape[0] == 3
+    # online (no cache): the ONNX teacher runs inside the training step; gradients reach
+    # the student only
+    from facekd.types import Batch
+
+    batch = Batch(images=x, labels=torch.zeros(3, dtype=torch.long))
+    distiller.prepare(batch)
+    terms = distiller(batch)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and set(terms) >= {"kd/embedding", "kd/pooling_transfer"}
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
 
 
 def test_ensemble_combines_as_documented():
