@@ -88,6 +88,10 @@ def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
     (``facekd.teachers.fitted_head``), from the cache or one teacher pass over clean images."""
     from facekd.teachers.fitted_head import fit_teacher_head
 
+    spec = cfg.teacher.head_fit
+    unknown = sorted(set(spec) - {"name", "kwargs", "steps"})
+    if unknown:  # before any teacher pass
+        raise ValueError(f"teacher.head_fit: unknown key(s) {unknown}; valid: name, kwargs, steps")
     if cache is not None:
         embeddings = cache.arrays["embedding"]
     elif teacher is not None:
@@ -99,10 +103,6 @@ def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
             )
     else:
         raise ValueError("teacher.head: fit needs a teacher (or a teacher cache)")
-    spec = cfg.teacher.head_fit
-    unknown = sorted(set(spec) - {"name", "kwargs", "steps"})
-    if unknown:
-        raise ValueError(f"teacher.head_fit: unknown key(s) {unknown}; valid: name, kwargs, steps")
     return fit_teacher_head(
         embeddings,
         dataset.labels,
@@ -160,17 +160,14 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
             )
         else:
             clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-            provides = teacher_provides(teacher)
-            fields = ("embedding", *(f for f in ("pooled", "logits") if f in provides))
             preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
-            if "logits" in fields:  # ensemble probabilities are averaged at this temperature
+            if "logits" in teacher_provides(teacher):  # ensembles average at this temperature
                 preprocessing += f";T={hinton_T}"
             cache = build_teacher_cache(
                 teacher,
                 clean,
                 t.cache,
                 preprocessing,
-                fields=fields,
                 stages=tuple(t.cache_stages),
                 dtype=t.cache_dtype,
                 num_workers=cfg.data.workers,

@@ -186,12 +186,13 @@ def test_black_box_teacher_refuses_stage_methods_and_serves_pooled_when_named(ex
     with_pooled = OnnxTeacher(onnx_path, pooled_output=flat)
     x = _faces(3)
     got = with_pooled.forward_features(x).pooled
-    with torch.no_grad():
-        ref = model.forward_features(x)
     assert got is not None and got.shape[0] == 3
     losses = {name: build_loss(name) for name in ("pooling_transfer", "embedding")}
     distiller = Distiller(student, losses=losses, teacher=with_pooled)
-    assert torch.isfinite(got).all() and ref.embedding.shape[0] == 3
+    # the named tensor is GDC's flattened depthwise output: the same computed in torch
+    with torch.no_grad():
+        gdc_flat = model.features.layers[:2](model._body(x)[1])
+    assert got.shape == gdc_flat.shape and _cosines(got, gdc_flat).min() >= 0.9999
     # online (no cache): the ONNX teacher runs inside the training step; gradients reach
     # the student only
     from facekd.types import Batch

@@ -1,7 +1,7 @@
 """Teachers from what users hold: facekd / InsightFace backbones, ONNX files, ensembles.
 
 ``build_teacher(spec)`` turns a config's ``TeacherSpec`` into one frozen module with
-``forward_features`` (plus the head that gives its logits, if any):
+``forward_features``:
 
 * ``model``: anything ``facekd.models.checkpoints.load_backbone`` reads (a white box: every
   method works);
