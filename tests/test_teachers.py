@@ -143,6 +143,14 @@ def test_onnx_input_contract_layout_channels_and_in_graph_normalisation(tmp_path
     np.testing.assert_allclose(
         explicit.forward_features(x).embedding.numpy(), pixels.mean(axis=(2, 3)), atol=1e-3
     )
+    # per-channel mean / std are given in the model's (here BGR) channel order
+    bgr = OnnxTeacher(tmp_path / "plain.onnx", channels="bgr", mean=[10, 20, 30], std=[1, 2, 4])
+    expected = (pixels[:, ::-1] - np.array([10, 20, 30]).reshape(1, 3, 1, 1)) / np.array(
+        [1, 2, 4]
+    ).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(
+        bgr.forward_features(x).embedding.numpy(), expected.mean(axis=(2, 3)), rtol=1e-4, atol=1e-3
+    )
 
 
 def test_onnx_teacher_errors_are_clear(exported, tmp_path):

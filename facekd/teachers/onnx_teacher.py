@@ -8,7 +8,8 @@ embedding-level method work with it.
 
 Input contract, in order of precedence (each item overrides the ones below it):
 
-1. explicit options: ``mean``, ``std`` (scalars or one per channel, on 0-255 pixel values),
+1. explicit options: ``mean``, ``std`` (scalars or one per channel in the model's channel
+   order, on 0-255 pixel values),
    ``channels`` (``"rgb"`` | ``"bgr"``), ``layout`` (``"nchw"`` | ``"nhwc"``), ``input_size``;
 2. the ``facekd.preprocessing`` metadata that ``facekd export`` writes into the graph;
 3. the graph itself: input name, layout (the axis of size 3), a fixed spatial size; and
@@ -198,9 +199,9 @@ class OnnxTeacher(nn.Module):
                 f"{self.input_size}"
             )
         pixels = (x.detach().float().cpu().numpy() + 1.0) * 127.5
+        if self.channels == "bgr":  # first: per-channel mean / std are in the model's order
+            pixels = pixels[:, ::-1]
         feed = (pixels - self.mean) / self.std
-        if self.channels == "bgr":
-            feed = feed[:, ::-1]
         if self.layout == "nhwc":
             feed = feed.transpose(0, 2, 3, 1)
         names = [self.embedding_output] + ([self.pooled_output] if self.pooled_output else [])
