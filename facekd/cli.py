@@ -147,6 +147,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=0.05"
     )
     p.add_argument("--no-resume", action="store_true", help="ignore OUT_DIR/checkpoint.pt")
+    p.add_argument(
+        "--extend-steps",
+        action="store_true",
+        help="resume a finished or running job with a larger train.steps (other training keys "
+        "must match the checkpoint's config)",
+    )
 
 
 @contextlib.contextmanager
@@ -167,8 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _setup_errors():
         trainer = build_trainer(cfg)
-    save_config(cfg, Path(cfg.out_dir) / "config.yaml")
-    if not args.no_resume and trainer.resume():
+        resumed = not args.no_resume and trainer.resume(allow_steps_change=args.extend_steps)
+    save_config(cfg, Path(cfg.out_dir) / "config.yaml")  # after the resume check: never lost
+    if resumed:
         print(f"resuming from {trainer.checkpoint_path}")
     trainer.fit()
     print(f"student weights: {Path(cfg.out_dir) / 'student.pt'}")
@@ -177,16 +184,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Precompute the teacher outputs a config needs (teacher.cache) without training."""
-    from facekd.experiment import build_dataset, build_distiller
+    from facekd.experiment import build_distiller, training_dataset
 
     cfg = _config(args)
     t = cfg.teacher
     if not ((t.model or t.onnx or t.ensemble) and t.cache):
         raise UsageError("the config needs a teacher (model, onnx or ensemble) and teacher.cache")
-    with _setup_errors():
-        distiller = build_distiller(cfg, build_dataset(cfg, None))
+    with _setup_errors():  # the training transform decides: mirrored views are cached too
+        distiller = build_distiller(cfg, training_dataset(cfg))
     if distiller.teacher_cache is None:
-        raise UsageError("augmentation changes the teacher's view: set data.augment.flip_p=0")
+        raise UsageError(
+            "the augmentation changes the teacher's view beyond a mirror image (photometric "
+            "jitter or occlusion): no cache can stand in for the teacher; drop those from "
+            "data.augment or train with the teacher online"
+        )
     print(f"teacher cache ready: {cfg.teacher.cache} ({len(distiller.teacher_cache)} items)")
     return 0
 

@@ -205,11 +205,14 @@ class TeacherSpec:
 
 @dataclasses.dataclass
 class LossSpec:
-    """One distillation term: ``facekd.losses.LOSSES`` name, weight, keywords."""
+    """One distillation term: ``facekd.losses.LOSSES`` name, weight, keywords; ``key`` names
+    the term in logs and checkpoints (default: the name) and tells two terms of the same
+    loss apart (e.g. FitNets on two stages). Two terms with the same key are refused."""
 
     name: str = "embedding"
     weight: float = 1.0
     kwargs: dict = dataclasses.field(default_factory=dict)
+    key: str | None = None
 
 
 @dataclasses.dataclass

@@ -38,6 +38,28 @@ def _to_float(out: ModelOutput) -> ModelOutput:
     )
 
 
+def check_logit_scales(head, teacher, teacher_head, teacher_scale=None) -> None:
+    """Refuse teacher and student logits ``s * cos`` of different scales (see ``Distiller``)."""
+    student_scale = getattr(head, "scale", None)
+    scales = {}
+    if teacher_scale is not None:
+        scales["teacher"] = float(teacher_scale)
+    if getattr(teacher_head, "scale", None) is not None:
+        scales["teacher head"] = float(teacher_head.scale)
+    for i, member_head in enumerate(getattr(teacher, "heads", None) or []):
+        if getattr(member_head, "scale", None) is not None:
+            scales[f"ensemble member {i} head"] = float(member_head.scale)
+    wrong = {k: v for k, v in scales.items() if student_scale is not None and v != student_scale}
+    if wrong:
+        named = ", ".join(f"{k} s={v:g}" for k, v in wrong.items())
+        raise ValueError(
+            f"teacher and student logits have different scales ({named}; student head "
+            f"s={student_scale:g}): soft targets at temperature T would compare distributions "
+            "of different sharpness. Fit the teacher head at the student's scale "
+            "(teacher.head_fit.kwargs.scale, the default when unset) or change head.kwargs.scale"
+        )
+
+
 class Distiller(nn.Module):
     """Args:
     student: backbone being trained (``forward_features``).
@@ -50,6 +72,14 @@ class Distiller(nn.Module):
     ce_weight: weight of the identity (cross-entropy) term.
     teacher_bf16: run the online teacher under bf16 autocast (its outputs are cast back to
         float32); with a channels_last teacher this is ~3x faster on recent CPUs.
+    teacher_logit_scale: the ``s`` of the teacher's ``s * cos`` logits when they do not come
+        from ``teacher_head`` (a cached ensemble's member heads); with a logit loss (Hinton) it
+        must equal the student head's ``scale``: the temperature divides both logit sets, so
+        ``s_t != s_s`` would distil a sharper or flatter distribution than the teacher's.
+
+    Besides the loss terms, ``forward`` returns ``stats/<loss>/<name>`` diagnostics a loss
+    publishes in ``last_stats`` (e.g. mined triplets and the active fraction); they are logged,
+    never added to the total.
     """
 
     def __init__(
@@ -63,6 +93,7 @@ class Distiller(nn.Module):
         teacher_cache=None,
         ce_weight: float = 1.0,
         teacher_bf16: bool = False,
+        teacher_logit_scale: float | None = None,
     ) -> None:
         super().__init__()
         losses = losses or {}
@@ -95,6 +126,8 @@ class Distiller(nn.Module):
         if teacher_head is not None:
             teacher_head.eval().requires_grad_(False)
         self.requires = frozenset().union(*(loss.requires for loss in losses.values()))
+        if "logits" in self.requires:
+            check_logit_scales(head, teacher, teacher_head, teacher_logit_scale)
         if teacher_cache is not None:
             missing = self.requires - set(teacher_cache.fields) - {"logits"}
             if missing:
@@ -115,7 +148,9 @@ class Distiller(nn.Module):
         if self.teacher_cache is not None:
             if batch.index is None:
                 raise ValueError("a teacher cache needs Batch.index (data-set indices)")
-            out = self.teacher_cache.lookup(batch.index, device=batch.images.device)
+            out = self.teacher_cache.lookup(
+                batch.index, device=batch.images.device, flipped=batch.flipped
+            )
         else:
             view = batch.teacher_view
             with torch.autocast(view.device.type, dtype=torch.bfloat16, enabled=self.teacher_bf16):
@@ -156,6 +191,8 @@ class Distiller(nn.Module):
             for name, loss in self.losses.items():
                 terms[f"kd/{name}"] = loss(student, teacher, batch)
                 total = total + self.weights[name] * terms[f"kd/{name}"]
+                for key, value in (getattr(loss, "last_stats", None) or {}).items():
+                    terms[f"stats/{name}/{key}"] = torch.as_tensor(value).detach().float()
         return {"loss": total, **terms}
 
     def adapter_state_dict(self) -> dict[str, Tensor]:

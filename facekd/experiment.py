@@ -17,12 +17,14 @@ from facekd.config import ExperimentConfig, to_dict
 from facekd.data.augment import build_transform
 from facekd.data.batching import collate_batch
 from facekd.data.sampler import PKBatchSampler, ShuffledBatchSampler
-from facekd.distill import Distiller
-from facekd.losses import build_loss
-from facekd.models import build_head
+from facekd.distill import Distiller, check_logit_scales
+from facekd.losses import DistillLoss, build_loss
+from facekd.models import HEADS, build_head
 from facekd.models.checkpoints import load_backbone
-from facekd.teacher_cache import TeacherCache, build_teacher_cache
+from facekd.models.heads import CosineHead
+from facekd.teacher_cache import TeacherCache, build_teacher_cache, fingerprint_module
 from facekd.teachers import build_teacher, check_teacher_serves, teacher_provides
+from facekd.train import seeded
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,23 @@ def _augment_spec(cfg: ExperimentConfig, deterministic: bool = False) -> dict:
     return spec
 
 
-def teacher_view_is_random(spec: dict) -> bool:
-    """Whether augmentation changes what the teacher sees (then a cache cannot stand in)."""
-    return any(float(spec.get(k, 0.0)) > 0 for k in ("flip_p", "photometric_p", "occlusion_p"))
+def teacher_view_is_random(transform) -> bool:
+    """Whether the *built* training transform changes what the teacher sees beyond a mirror
+    image (presets and defaults included): then no cache can stand in for the teacher. A
+    transform facekd does not know (a user's callable) counts as random."""
+    if transform is None:
+        return False
+    return bool(getattr(transform, "teacher_view_random", True))
+
+
+def transform_flips(transform) -> bool:
+    """Whether the built training transform mirrors faces (the cache then stores both views)."""
+    return float(getattr(transform, "flip_p", 0.0) or 0.0) > 0
+
+
+def training_dataset(cfg: ExperimentConfig):
+    """The training data set with the training transform (augmentation as configured)."""
+    return build_dataset(cfg, build_transform(_augment_spec(cfg)))
 
 
 def build_dataset(cfg: ExperimentConfig, transform):
@@ -83,15 +99,29 @@ def _teacher_head(path: str):
     return head.eval()
 
 
+def _student_logit_scale(cfg: ExperimentConfig) -> float | None:
+    """The ``s`` of the configured student head (``None`` without a cosine head)."""
+    if cfg.head is None:
+        return None
+    probe = build_head(cfg.head.name, num_classes=2, embedding_size=2, **cfg.head.kwargs)
+    return getattr(probe, "scale", None)
+
+
 def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
     """``teacher.head: fit``: a head over the training identities on frozen teacher embeddings
-    (``facekd.teachers.fitted_head``), from the cache or one teacher pass over clean images."""
+    (``facekd.teachers.fitted_head``), from the cache or one teacher pass over clean images.
+    A cosine head takes the student head's scale unless ``head_fit.kwargs.scale`` is set."""
     from facekd.teachers.fitted_head import fit_teacher_head
 
     spec = cfg.teacher.head_fit
     unknown = sorted(set(spec) - {"name", "kwargs", "steps"})
     if unknown:  # before any teacher pass
         raise ValueError(f"teacher.head_fit: unknown key(s) {unknown}; valid: name, kwargs, steps")
+    name = spec.get("name", "arcface")
+    kwargs = dict(spec.get("kwargs", {}))
+    scale = _student_logit_scale(cfg)
+    if scale is not None and issubclass(HEADS.get(name, object), CosineHead):
+        kwargs.setdefault("scale", scale)
     if cache is not None:
         embeddings = cache.arrays["embedding"]
     elif teacher is not None:
@@ -106,15 +136,76 @@ def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
     return fit_teacher_head(
         embeddings,
         dataset.labels,
-        name=spec.get("name", "arcface"),
-        kwargs=spec.get("kwargs", {}),
+        name=name,
+        kwargs=kwargs,
         num_classes=dataset.num_classes,
         steps=int(spec.get("steps", 300)),
     )
 
 
-def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
+def build_losses(cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """``({key: loss}, {key: weight})`` from ``cfg.losses``; duplicate keys and losses whose
+    batches the sampler cannot give are refused before anything is built or cached."""
+    keys = [spec.key or spec.name for spec in cfg.losses]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(
+            f"losses {twice} are configured more than once; one would silently replace the "
+            "other. Give each term its own `key` (e.g. key: fitnets_stage2)"
+        )
+    pairs = list(zip(keys, cfg.losses, strict=True))
+    losses = {k: build_loss(spec.name, **spec.kwargs) for k, spec in pairs}
+    for key, loss in losses.items():
+        if loss.needs_pk and cfg.data.sampler != "pk":
+            raise ValueError(
+                f"loss {key!r} mines triplets within identities and needs P x K batches: set "
+                f"data.sampler: pk (with data.p identities x data.k images; now "
+                f"{cfg.data.sampler!r}, whose batches hold few same-identity pairs)"
+            )
+    weights = {k: spec.weight for k, spec in pairs}
+    return losses, weights
+
+
+def _teacher_cache(cfg, teacher, dataset, hinton_T: float):
+    """The teacher cache when the training transform allows one (else ``None``, logged)."""
     t = cfg.teacher
+    transform = getattr(dataset, "transform", None)
+    if teacher_view_is_random(transform):
+        log.warning(
+            "the augmentation %r changes the teacher's input beyond a mirror image: running "
+            "the teacher online, the cache at %s is not used",
+            transform,
+            t.cache,
+        )
+        return None
+    clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
+    preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
+    if "logits" in teacher_provides(teacher):  # ensembles average at this temperature
+        preprocessing += f";T={hinton_T}"
+    cache = build_teacher_cache(
+        teacher,
+        clean,
+        t.cache,
+        preprocessing,
+        stages=tuple(t.cache_stages),
+        dtype=t.cache_dtype,
+        num_workers=cfg.data.workers,
+        flip=transform_flips(transform),
+    )
+    log.info("teacher outputs come from the cache at %s", t.cache)
+    return cache
+
+
+def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
+    """Student, head, losses, teacher (or its cache) for ``cfg``; ``dataset`` is the training
+    data set *with its training transform*, which decides whether a cache can stand in.
+
+    The student and its head are built under ``seeded(cfg.train.seed)`` and the teacher under
+    its own seed, so at one seed the scratch student and every distilled student start from
+    bit-identical weights, whatever the teacher or the losses draw.
+    """
+    t = cfg.teacher
+    losses, weights = build_losses(cfg)
     hinton_T = next((float(s.kwargs.get("T", 4.0)) for s in cfg.losses if s.name == "hinton"), 4.0)
 
     def member_head(member, option: str):  # ensembles: each member's own head (METHODS 4.7)
@@ -122,62 +213,50 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
             return _fitted_teacher_head(cfg, member, None, dataset)
         return _teacher_head(option)
 
-    teacher = build_teacher(t, head_for=member_head, T=hinton_T)
-    size = {"input_size": cfg.data.student_size or cfg.data.image_size, **cfg.student.kwargs}
-    if cfg.student.init == "kt":
-        if teacher is None or not t.model:
-            raise ValueError(
-                "student.init=kt needs teacher.model (a backbone whose weights to transfer)"
-            )
-        from facekd.models.transfer import build_kt_student
+    with seeded(cfg.train.seed + 7_919):  # apart from the student's stream
+        teacher = build_teacher(t, head_for=member_head, T=hinton_T)
+    wanted = {}
+    for loss in losses.values():
+        wanted.update(loss.student_kwargs())
+    size = {"input_size": cfg.data.student_size or cfg.data.image_size, **wanted}
+    size.update(cfg.student.kwargs)  # the config has the last word
+    with seeded(cfg.train.seed):
+        if cfg.student.init == "kt":
+            if teacher is None or not t.model:
+                raise ValueError(
+                    "student.init=kt needs teacher.model (a backbone whose weights to transfer)"
+                )
+            from facekd.models.transfer import build_kt_student
 
-        student, report = build_kt_student(teacher, fc=cfg.student.init_fc, **size)
-        log.info("KT initialisation: %s", report)
-    else:
-        student = load_backbone(cfg.student.name, **size)
+            student, report = build_kt_student(teacher, fc=cfg.student.init_fc, **size)
+            log.info("KT initialisation: %s", report)
+        else:
+            student = load_backbone(cfg.student.name, **size)
+        head = None
+        if cfg.head is not None:
+            head = build_head(
+                cfg.head.name,
+                num_classes=dataset.num_classes,
+                embedding_size=student.num_features,
+                **cfg.head.kwargs,
+            )
     student.train()
-    head = None
-    if cfg.head is not None:
-        head = build_head(
-            cfg.head.name,
-            num_classes=dataset.num_classes,
-            embedding_size=student.num_features,
-            **cfg.head.kwargs,
-        )
-    losses = {spec.name: build_loss(spec.name, **spec.kwargs) for spec in cfg.losses}
-    weights = {spec.name: spec.weight for spec in cfg.losses}
     if teacher is not None and losses:  # refuse before any caching or training
         check_teacher_serves(teacher, losses, has_head=bool(t.head))
+        if any(type(x).check_teacher is not DistillLoss.check_teacher for x in losses.values()):
+            fingerprint = fingerprint_module(teacher)
+            for loss in losses.values():
+                loss.check_teacher(fingerprint)
     cache = None
     if teacher is not None and t.cache and losses:
-        spec = _augment_spec(cfg)
-        if teacher_view_is_random(spec):
-            log.warning(
-                "augmentation %s changes the teacher's input: running the teacher online, "
-                "the cache at %s is not used",
-                {k: v for k, v in spec.items() if k.endswith("_p")},
-                t.cache,
-            )
-        else:
-            clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-            preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
-            if "logits" in teacher_provides(teacher):  # ensembles average at this temperature
-                preprocessing += f";T={hinton_T}"
-            cache = build_teacher_cache(
-                teacher,
-                clean,
-                t.cache,
-                preprocessing,
-                stages=tuple(t.cache_stages),
-                dtype=t.cache_dtype,
-                num_workers=cfg.data.workers,
-            )
-            log.info("teacher outputs come from the cache at %s", t.cache)
+        cache = _teacher_cache(cfg, teacher, dataset, hinton_T)
     teacher_head = None
     if t.head == "fit":
         teacher_head = _fitted_teacher_head(cfg, teacher, cache, dataset)
     elif t.head:
         teacher_head = _teacher_head(t.head)
+    if "logits" in frozenset().union(*(x.requires for x in losses.values())):
+        check_logit_scales(head, teacher, teacher_head)  # ensemble member heads included
     return Distiller(
         student,
         head=head,
@@ -236,7 +315,7 @@ def build_trainer(cfg: ExperimentConfig, evaluate=None):
     dist.init_from_env()  # before the samplers: they split batches by rank (torchrun only)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank and every rerun
     evaluate = evaluate or build_evaluator(cfg)
-    dataset = build_dataset(cfg, build_transform(_augment_spec(cfg)))
+    dataset = training_dataset(cfg)
     distiller = build_distiller(cfg, dataset)
     out_dir = Path(cfg.out_dir)
     return Trainer(
@@ -255,6 +334,10 @@ __all__ = [
     "TeacherCache",
     "build_dataset",
     "build_distiller",
+    "build_losses",
     "build_trainer",
+    "seeded",
     "teacher_view_is_random",
+    "training_dataset",
+    "transform_flips",
 ]

@@ -10,11 +10,24 @@ epoch, so facekd computes them once per data set:
       pooled.npy         (N, C)
       logits.npy         (N, K)          only for teachers that give logits (ensembles)
       stage{i}.npy       (N, C_i, H_i, W_i)   only the stages asked for (large!)
+      <field>.flip.npy   the same on the horizontally mirrored face (``flip=True``)
+      dataset.json       the data set's manifest (``facekd.data.manifest``)
+
+Mirrored views: the standard face augmentation flips half of the training faces. The teacher's
+output on a mirrored face is not the mirror of its output (stage maps of strided convolutions
+are not flip-equivariant, embeddings are not flip-invariant), so with ``flip=True`` the cache
+runs the teacher on both views, as insightface-style pipelines with precomputed teacher
+embeddings do, and ``lookup(index, flipped)`` returns, row by row, the view the student saw.
 
 ``meta.json`` is written last, after every array is complete, so a half-built cache is never
 mistaken for a finished one; building resumes from the last completed chunk. A cache opened
 with a key that differs from the one it was built with (other teacher weights, other data,
-other preprocessing) is refused with a message naming what differs.
+other preprocessing) is refused with a message naming what differs, for the data set down to
+the files that were added, removed or rewritten.
+
+Under ``torchrun`` rank 0 builds the cache while the other ranks wait; rank 0 then tells every
+rank whether it succeeded (with its error message if not, so no rank hangs), and all ranks open
+the finished cache read-only: each image passes the teacher once, whatever the world size.
 """
 
 from __future__ import annotations
@@ -30,10 +43,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from facekd import dist
 from facekd.data.batching import collate_batch
+from facekd.data.manifest import dataset_manifest, manifest_diff, manifest_fingerprint
+from facekd.data.robust import ReplaceUnreadable
 from facekd.types import ModelOutput
 
-FORMAT = "facekd.teacher_cache/1"
+FORMAT = "facekd.teacher_cache/2"
+FLIP_SUFFIX = ".flip"  # arrays of the mirrored view: embedding.flip.npy, stage3.flip.npy ...
 
 
 class CacheMismatchError(ValueError):
@@ -54,13 +71,9 @@ def fingerprint_module(module: nn.Module) -> str:
 
 
 def fingerprint_dataset(dataset) -> str:
-    """Data set identity: its own ``fingerprint()`` when it has one, else length + labels."""
-    if hasattr(dataset, "fingerprint"):
-        return str(dataset.fingerprint())
-    labels = np.asarray(getattr(dataset, "labels", []), dtype=np.int64)
-    return hashlib.sha256(
-        f"{type(dataset).__name__}:{len(dataset)}".encode() + labels.tobytes()
-    ).hexdigest()
+    """Data set identity: sha256 of its manifest (``facekd.data.manifest``: paths, sizes and
+    mtimes of the files, RecordIO index and headers, synthetic parameters)."""
+    return manifest_fingerprint(dataset_manifest(dataset))
 
 
 @dataclass(frozen=True)
@@ -77,10 +90,37 @@ class CacheKey:
         ]
 
 
-class TeacherCache:
-    """Read side: ``lookup(index) -> ModelOutput`` from memory-mapped arrays."""
+def _mismatch_message(root: Path, stored: CacheKey, key: CacheKey, manifest: dict | None) -> str:
+    differs = key.diff(stored)
+    details = []
+    for what in differs:
+        if what == "dataset" and manifest is not None and (root / "dataset.json").exists():
+            old = json.loads((root / "dataset.json").read_text())
+            changes = manifest_diff(old, manifest) or ["(manifests equal; the hash rule changed)"]
+            details.append("data set changed: " + "; ".join(changes))
+        elif what == "preprocessing":
+            details.append(f"preprocessing was {stored.preprocessing!r}, now {key.preprocessing!r}")
+        else:
+            a, b = getattr(stored, what)[:16], getattr(key, what)[:16]
+            details.append(f"{what} fingerprint was {a}..., now {b}...")
+    return (
+        f"teacher cache {root} was built for another {' and '.join(differs)} ("
+        + "; ".join(details)
+        + "); rebuild it (delete the folder, or facekd cache-teacher) or point the run at the "
+        "matching cache"
+    )
 
-    def __init__(self, root: str | os.PathLike, key: CacheKey | None = None) -> None:
+
+class TeacherCache:
+    """Read side: ``lookup(index, flipped) -> ModelOutput`` from memory-mapped arrays.
+
+    ``manifest`` (optional) is the current data set's manifest, used only to say what changed
+    when ``key`` does not match.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike, key: CacheKey | None = None, manifest: dict | None = None
+    ) -> None:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
@@ -91,14 +131,10 @@ class TeacherCache:
                 f"{meta_path}: unknown cache format {self.meta.get('format')!r}"
             )
         stored = CacheKey(**self.meta["key"])
-        if key is not None and (differs := key.diff(stored)):
-            raise CacheMismatchError(
-                f"teacher cache {self.root} was built for another {' and '.join(differs)} "
-                f"(stored {[getattr(stored, d)[:16] for d in differs]}, now "
-                f"{[getattr(key, d)[:16] for d in differs]}); rebuild it (facekd cache-teacher) "
-                "or point the run at the matching cache"
-            )
+        if key is not None and key.diff(stored):
+            raise CacheMismatchError(_mismatch_message(self.root, stored, key, manifest))
         self.fields = tuple(self.meta["fields"])
+        self.has_flip = bool(self.meta.get("flip", False))
         self.arrays = {
             name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in self.meta["arrays"]
         }
@@ -107,13 +143,32 @@ class TeacherCache:
     def __len__(self) -> int:
         return self.count
 
-    def lookup(self, index: torch.Tensor, device: torch.device | str = "cpu") -> ModelOutput:
+    def lookup(
+        self,
+        index: torch.Tensor,
+        device: torch.device | str = "cpu",
+        flipped: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Teacher outputs of data-set items ``index (B,)``; where ``flipped (B,)`` is True,
+        those of the mirrored face (needs a cache built with ``flip=True``)."""
         idx = index.detach().cpu().numpy()
         if idx.size and (idx.min() < 0 or idx.max() >= self.count):
             raise IndexError(f"teacher cache has {self.count} entries, asked for index {idx.max()}")
+        mirrored = None
+        if flipped is not None and bool(flipped.any()):
+            if not self.has_flip:
+                raise ValueError(
+                    f"the batch holds mirrored faces but the teacher cache {self.root} has no "
+                    "mirrored view; rebuild it with flip=True (facekd does so when the training "
+                    "augmentation flips) or set data.augment.flip_p=0"
+                )
+            mirrored = flipped.detach().cpu().numpy().astype(bool)
 
         def get(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(self.arrays[name][idx])).to(device).float()
+            rows = np.ascontiguousarray(self.arrays[name][idx])
+            if mirrored is not None:
+                rows[mirrored] = self.arrays[name + FLIP_SUFFIX][idx[mirrored]]
+            return torch.from_numpy(rows).to(device).float()
 
         # full-length list so losses index stages as on a live teacher; uncached ones are None
         stages = [None] * int(self.meta.get("num_stages", 0))
@@ -127,7 +182,6 @@ class TeacherCache:
         )
 
 
-@torch.no_grad()
 def build_teacher_cache(
     teacher: nn.Module,
     dataset,
@@ -140,23 +194,65 @@ def build_teacher_cache(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    flip: bool = False,
 ) -> TeacherCache:
     """Run ``teacher`` once over ``dataset`` (items per facekd.data.batching) and store outputs.
 
     ``preprocessing`` describes the teacher's input (size, normalisation, crop) and is part of
-    the key. Items' ``teacher_image`` is used when present (the high-resolution view).
-    ``fields``: default ``embedding`` plus whichever of ``pooled`` / ``logits`` the teacher
-    gives (``facekd.teachers.teacher_provides``); a field asked for explicitly must exist.
+    the key. Items' ``teacher_image`` is used when present (the high-resolution view); the data
+    set must give the *clean* view (no random augmentation). ``fields``: default ``embedding``
+    plus whichever of ``pooled`` / ``logits`` the teacher gives
+    (``facekd.teachers.teacher_provides``); a field asked for explicitly must exist. ``flip``:
+    also store every output on the mirrored face (module docstring). Unreadable images are
+    reported and replaced as in training (``facekd.data.robust``), so their rows are never used.
+
+    Under torchrun only rank 0 runs the teacher; the other ranks wait and open the result.
     """
+    root = Path(root)
+    manifest = dataset_manifest(dataset)
+    key = CacheKey(fingerprint_module(teacher), manifest_fingerprint(manifest), preprocessing)
+    if dist.world_size() > 1:
+        status = [None]
+        if dist.is_main():
+            try:
+                _build(teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size,
+                       num_workers, device, progress, flip)  # fmt: skip
+                status = ["ok"]
+            except Exception as err:  # every rank must hear of it, or the others wait forever
+                status = [f"{type(err).__name__}: {err}"]
+                torch.distributed.broadcast_object_list(status, src=0)
+                raise
+        torch.distributed.broadcast_object_list(status, src=0)
+        if status[0] != "ok":
+            raise RuntimeError(f"rank 0 failed to build the teacher cache {root}: {status[0]}")
+        return _open(root, key, manifest, flip)
+    return _build(teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size,
+                  num_workers, device, progress, flip)  # fmt: skip
+
+
+def _open(root: Path, key: CacheKey, manifest: dict, flip: bool) -> TeacherCache:
+    cache = TeacherCache(root, key, manifest)  # finished and matching, or refused with a reason
+    if flip and not cache.has_flip:
+        raise CacheMismatchError(
+            f"teacher cache {root} holds no mirrored view, but the training augmentation flips "
+            "faces; delete it so facekd rebuilds it with both views, or set "
+            "data.augment.flip_p=0"
+        )
+    return cache
+
+
+@torch.no_grad()
+def _build(
+    teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size, num_workers,
+    device, progress, flip,
+) -> TeacherCache:  # fmt: skip
+    if (root / "meta.json").exists():
+        return _open(root, key, manifest, flip)
     if fields is None:
         from facekd.teachers import teacher_provides
 
         provides = teacher_provides(teacher)
         fields = ("embedding", *(f for f in ("pooled", "logits") if f in provides))
-    root = Path(root)
-    key = CacheKey(fingerprint_module(teacher), fingerprint_dataset(dataset), preprocessing)
-    if (root / "meta.json").exists():
-        return TeacherCache(root, key)  # finished and matching, or refused with a reason
     unknown = set(fields) - {"embedding", "pooled", "logits"}
     if unknown or "embedding" not in fields:
         raise ValueError(
@@ -164,6 +260,7 @@ def build_teacher_cache(
         )
     root.mkdir(parents=True, exist_ok=True)
     teacher = teacher.to(device).eval()
+    dataset = ReplaceUnreadable(dataset, report=root / "unreadable.txt")
     n = len(dataset)
     probe = collate_batch([dataset[0]]).to(device)
     out = teacher.forward_features(probe.teacher_view)
@@ -181,16 +278,22 @@ def build_teacher_cache(
             shapes[name] = getattr(out, name).shape[1:]
     for s in stages:
         shapes[f"stage{s}"] = out.stages[s].shape[1:]
+    views = {"": False, FLIP_SUFFIX: True} if flip else {"": False}
     progress_path = root / "progress.json"
     start = 0
     if progress_path.exists():
         saved = json.loads(progress_path.read_text())
-        start = saved["done"] if saved.get("key") == key.__dict__ else 0
+        same = saved.get("key") == key.__dict__ and saved.get("flip", False) == flip
+        start = saved["done"] if same else 0
     arrays = {
-        name: np.lib.format.open_memmap(
-            root / f"{name}.npy", mode="r+" if start else "w+", dtype=dtype, shape=(n, *shape)
-        )
+        name + suffix: np.lib.format.open_memmap(
+            root / f"{name}{suffix}.npy",
+            mode="r+" if start else "w+",
+            dtype=dtype,
+            shape=(n, *shape),
+        )  # fmt: skip
         for name, shape in shapes.items()
+        for suffix in views
     }
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, range(start, n)),
@@ -200,24 +303,29 @@ def build_teacher_cache(
     )
     pos = start
     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
-        out = teacher.forward_features(batch.to(device).teacher_view)
-        b = len(batch)
-        values = {"embedding": out.embedding}
-        values.update({name: getattr(out, name) for name in ("pooled", "logits") if name in arrays})
-        values.update({f"stage{s}": out.stages[s] for s in stages})
-        for name, value in values.items():
-            stored = value.float().cpu().numpy().astype(dtype)
-            if not np.isfinite(stored).all():  # NaN teacher, or a value beyond float16's range
-                peak = float(value.float().abs().nan_to_num(float("inf")).max())
-                raise ValueError(
-                    f"teacher {name} of items {pos}..{pos + b - 1} is not finite once stored as "
-                    f"{dtype} (max |value| {peak:.4g}); check the teacher, or use dtype='float32'"
-                )
-            arrays[name][pos : pos + b] = stored
-        pos += b
+        batch = batch.to(device)
+        rows = batch.index.cpu().numpy()  # a replaced unreadable item writes its own row
+        for suffix, mirrored in views.items():
+            view = batch.teacher_view.flip(-1) if mirrored else batch.teacher_view
+            out = teacher.forward_features(view)
+            values = {"embedding": out.embedding}
+            values.update({k: getattr(out, k) for k in ("pooled", "logits") if k in shapes})
+            values.update({f"stage{s}": out.stages[s] for s in stages})
+            for name, value in values.items():
+                stored = value.float().cpu().numpy().astype(dtype)
+                if not np.isfinite(stored).all():  # NaN teacher, or beyond float16's range
+                    peak = float(value.float().abs().nan_to_num(float("inf")).max())
+                    raise ValueError(
+                        f"teacher {name}{suffix} of items {rows.min()}..{rows.max()} is not "
+                        f"finite once stored as {dtype} (max |value| {peak:.4g}); check the "
+                        "teacher, or use dtype='float32'"
+                    )
+                arrays[name + suffix][rows] = stored
+        pos += len(batch)
         for a in arrays.values():
             a.flush()
-        progress_path.write_text(json.dumps({"key": key.__dict__, "done": pos}))
+        progress_path.write_text(json.dumps({"key": key.__dict__, "flip": flip, "done": pos}))
+    (root / "dataset.json").write_text(json.dumps(manifest))
     meta = {
         "format": FORMAT,
         "key": key.__dict__,
@@ -225,6 +333,7 @@ def build_teacher_cache(
         "stages": list(stages),
         "num_stages": len(out.stages),
         "arrays": list(arrays),
+        "flip": flip,
         "count": n,
         "dtype": dtype,
     }
@@ -232,4 +341,4 @@ def build_teacher_cache(
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, root / "meta.json")
     progress_path.unlink(missing_ok=True)
-    return TeacherCache(root, key)
+    return TeacherCache(root, key, manifest)

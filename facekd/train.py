@@ -9,11 +9,21 @@ non-finite-loss detection.
 Exact resume: a checkpoint holds the student, head and loss adapters, the optimizer, the
 scheduler, the scaler, every RNG state and the batch sampler's position, and the data pipeline
 derives each item's augmentation randomness from (seed, epoch, index) (``SeededItems``), so a
-run killed at any point and resumed logs the same loss curve as one never interrupted.
+run killed at any point and resumed logs the same loss curve as one never interrupted, running
+log averages included. A resumed run must be the same experiment: ``resume`` refuses a
+checkpoint whose configuration differs in any key that changes training (naming the keys);
+extending ``train.steps`` needs ``allow_steps_change=True`` (``facekd train --extend-steps``).
+A second ``fit()`` on the same Trainer continues where the first stopped (same optimizer,
+scheduler, scaler and loss adapters).
+
+Unreadable training images (``facekd.data.robust``) are reported in ``out_dir/unreadable.txt``
+and replaced by the next readable item, so one bad file never kills a run, or its resumption.
+A non-finite loss stops the run on *every* rank (the check is all-reduced), with the message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -28,12 +38,50 @@ from tqdm import tqdm
 
 from facekd import dist
 from facekd.data.batching import collate_batch
+from facekd.data.robust import ReplaceUnreadable
 from facekd.models.checkpoints import FORMAT as BACKBONE_FORMAT
 from facekd.models.checkpoints import atomic_save
 from facekd.train_settings import TrainSettings, build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
 FORMAT = "facekd.train/1"
+
+#: configuration keys a resumed run may change: they do not change what is trained
+RESUME_FREE = (
+    "out_dir",
+    "eval.",
+    "data.workers",
+    "teacher.cache",  # the cache is checked by its own key (teacher, data, preprocessing)
+    "train.progress",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.eval_every",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not key.endswith("kwargs"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """``{dotted key: (saved, current)}`` for keys that differ and matter to training."""
+    a, b = _flatten(saved), _flatten(current)
+
+    def free(key: str) -> bool:  # "eval." frees a section, "data.workers" one key
+        return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FREE)
+
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not free(k)
+    }
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +92,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block under torch / numpy / random seeded with ``seed``, leaving the caller's
+    generators as they were: what is built inside does not depend on what was built before
+    (the experiment builder builds the student and the teacher under separate seeds)."""
+    saved = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
 
 
 def _rng_state() -> dict:
@@ -162,8 +225,10 @@ class Trainer:
                 distiller.teacher.to(memory_format=torch.channels_last)
         self.sampler = batch_sampler
         self._tagged = _EpochTagged(batch_sampler)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        readable = ReplaceUnreadable(dataset, report=self.out_dir / "unreadable.txt")
         self.loader = torch.utils.data.DataLoader(
-            SeededItems(dataset, settings.seed),
+            SeededItems(readable, settings.seed),
             batch_sampler=self._tagged,
             num_workers=num_workers,
             collate_fn=collate_batch,
@@ -175,6 +240,9 @@ class Trainer:
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch already trained on
         self.history: list[dict] = []
+        self._running: dict[str, torch.Tensor] = {}  # sums of the terms since the last log row
+        self._running_count = 0
+        self._pending_resume = None
         self._prepared = False
 
     # -- construction of the pieces that depend on the dry run ---------------------------
@@ -217,6 +285,8 @@ class Trainer:
             "rng": _rng_state(),
             "config": self.config,
             "history": self.history,
+            "running": {k: v.detach().cpu() for k, v in self._running.items()},
+            "running_count": self._running_count,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -224,14 +294,36 @@ class Trainer:
             return None
         return atomic_save(self.state_dict(), self.checkpoint_path)
 
-    def resume(self, path: str | Path | None = None) -> bool:
-        """Load ``path`` (default: ``out_dir/checkpoint.pt``) if it exists; True when resumed."""
+    def resume(self, path: str | Path | None = None, allow_steps_change: bool = False) -> bool:
+        """Load ``path`` (default: ``out_dir/checkpoint.pt``) if it exists; True when resumed.
+
+        Refuses (``ValueError``, naming the keys) a checkpoint whose configuration differs
+        from this Trainer's in a key that changes training (all but ``RESUME_FREE``);
+        ``train.steps`` may change only with ``allow_steps_change`` (extending a run).
+        """
         path = Path(path) if path is not None else self.checkpoint_path
         if not path.exists():
             return False
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("format") != FORMAT:
             raise ValueError(f"{path} is not a facekd training checkpoint")
+        if self.config and ckpt.get("config"):
+            changes = config_changes(ckpt["config"], self.config)
+            if allow_steps_change:
+                changes.pop("train.steps", None)
+            if changes:
+                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+                hint = (
+                    " (to train longer, pass --extend-steps / allow_steps_change=True)"
+                    if "train.steps" in changes
+                    else ""
+                )
+                raise ValueError(
+                    f"cannot resume {path}: the configuration changed in {sorted(changes)} "
+                    f"({listed}){hint}; resume with the saved config "
+                    f"({self.out_dir / 'config.yaml'}), or start afresh (--no-resume or "
+                    "another out_dir)"
+                )
         self._pending_resume = ckpt
         return True
 
@@ -245,6 +337,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.consumed = self._tagged.skip = ckpt["consumed"]
         self.step, self.epoch, self.history = ckpt["step"], ckpt["epoch"], ckpt["history"]
+        self._running = dict(ckpt.get("running", {}))
+        self._running_count = int(ckpt.get("running_count", 0))
         _set_rng_state(ckpt["rng"])
         log.info("resumed from step %d (epoch %d)", self.step, self.epoch)
 
@@ -255,16 +349,27 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Raise ``NonFiniteLossError`` on every rank when any rank has a NaN / inf term: one
+        host sync per micro-step (the flags of all ranks are all-reduced first, so a rank
+        never waits in the gradient all-reduce for a rank that stopped)."""
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        flags = torch.zeros(dist.world_size(), device=values.device)
+        flags[dist.rank()] = float(not bool(torch.isfinite(values).all()))
+        if dist.is_distributed():
+            torch.distributed.all_reduce(flags)
+        if not flags.any():
+            return
         values = {k: float(v.detach()) for k, v in terms.items()}
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step}: {bad} (all terms: "
-                f"{values}). Training stopped; the last good "
-                f"checkpoint is {last}. Lower the learning rate, enable clip_grad_norm, or use "
-                "bf16 instead of fp16."
-            )
+        ranks = flags.nonzero().flatten().tolist()
+        where = f" on rank(s) {ranks} of {dist.world_size()}" if dist.world_size() > 1 else ""
+        last = self.checkpoint_path if self.checkpoint_path.exists() else "none yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step}{where}: {bad or '(finite on this rank)'} "
+            f"(all terms here: {values}). Training stopped; the last good checkpoint is "
+            f"{last}. Lower the learning rate, enable clip_grad_norm, or use bf16 instead of "
+            "fp16."
+        )
 
     def _log(self, row: dict, writer) -> None:
         self.history.append(row)
@@ -300,13 +405,18 @@ class Trainer:
 
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train until ``settings.steps`` (or pause after step ``stop_at``, checkpointed, so a
-        later ``resume(); fit()`` continues); returns the logged history."""
+        later ``fit()`` on this Trainer, or ``resume(); fit()`` on a new one, continues);
+        returns the logged history."""
         s = self.settings
         stop_at = s.steps if stop_at is None else min(stop_at, s.steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        dataset = self.loader.dataset.dataset
-        self._prepare(collate_batch([dataset[i] for i in range(min(2, len(dataset)))]))
-        if getattr(self, "_pending_resume", None) is not None:
+        if not self._prepared:  # once: a second fit() keeps optimizer, scheduler and adapters
+            dataset = self.loader.dataset.dataset
+            self._prepare(collate_batch([dataset[i] for i in range(min(2, len(dataset)))]))
+            # the dry run may draw random numbers (adapters); every method then starts its
+            # first step from the same generator state
+            seed_everything(s.seed + dist.rank())
+        if self._pending_resume is not None:
             self._apply_resume(self._pending_resume)
             self._pending_resume = None
         writer = None
@@ -322,11 +432,11 @@ class Trainer:
             unit="step",
             disable=not (s.progress and dist.is_main()),
         )
-        sums: dict[str, float] = {}
-        count, micro, tick = 0, 0, time.perf_counter()
+        sums, micro, tick = self._running, 0, time.perf_counter()
         while self.step < stop_at:
             self.sampler.set_epoch(self.epoch)
             self._tagged.epoch = self.epoch
+            self._tagged.skip = self.consumed  # continue mid-epoch after a pause or a resume
             for batch in self.loader:
                 batch = batch.to(self.device, non_blocking=True)
                 if s.channels_last:
@@ -336,9 +446,10 @@ class Trainer:
                 self._check_finite(terms)
                 self.scaler.scale(terms["loss"] / s.accumulate).backward()
                 self.consumed += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                count += 1
+                for k, v in terms.items():  # tensors: read back only when a row is logged
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v
+                self._running_count += 1
                 micro += 1
                 if micro % s.accumulate:
                     continue
@@ -365,12 +476,14 @@ class Trainer:
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                     }
-                    row.update({k: v / count for k, v in sums.items()})
-                    row["img_per_s"] = count * len(batch) * dist.world_size() / max(elapsed, 1e-9)
+                    count = max(self._running_count, 1)
+                    row.update({k: float(v) / count for k, v in sums.items()})
+                    row["img_per_s"] = micro * len(batch) * dist.world_size() / max(elapsed, 1e-9)
                     row.update(metrics)
                     self._log(row, writer)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    sums, count, tick = {}, 0, time.perf_counter()
+                    sums.clear()
+                    self._running_count, micro, tick = 0, 0, time.perf_counter()
                 if self.step % s.checkpoint_every == 0 or self.step in (s.steps, stop_at):
                     self.save_checkpoint()
                 if self.step >= stop_at:

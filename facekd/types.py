@@ -33,12 +33,15 @@ class Batch:
             high-resolution face in high-to-low resolution transfer (Karlekar et al., 2019).
             When ``None`` the teacher sees ``images``.
         index: optional ``(B,)`` int64 data-set indices (keys into a teacher cache).
+        flipped: optional ``(B,)`` bool, True where the face was mirrored by augmentation
+            (a teacher cache then returns the teacher's output on the mirrored face).
     """
 
     images: Tensor
     labels: Tensor
     teacher_images: Tensor | None = None
     index: Tensor | None = None
+    flipped: Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_images("images", self.images)
@@ -58,6 +61,12 @@ class Batch:
             raise ValueError(
                 f"Batch.index must have shape (B,) = ({self.images.shape[0]},); "
                 f"got {tuple(self.index.shape)}"
+            )
+
+        if self.flipped is not None and tuple(self.flipped.shape) != (self.images.shape[0],):
+            raise ValueError(
+                f"Batch.flipped must have shape (B,) = ({self.images.shape[0]},); "
+                f"got {tuple(self.flipped.shape)}"
             )
 
     def __len__(self) -> int:

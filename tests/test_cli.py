@@ -90,7 +90,11 @@ def test_train_command_resumes_and_rejects_bad_configs(tmp_path, capsys):
     ]
     assert main([*argv, "--set", "train.steps=1"]) == 0
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "student.pt").exists()
-    assert main([*argv, "--set", "train.steps=2"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--set", "train.steps=2"]) == 2  # a changed training key is refused
+    err = capsys.readouterr().err
+    assert "train.steps: 1 -> 2" in err and "--extend-steps" in err
+    assert main([*argv, "--set", "train.steps=2", "--extend-steps"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert main(["train", "--set", "train.stpes=3"]) == 2
     assert "unknown key(s) ['stpes'] in train" in capsys.readouterr().err

@@ -45,16 +45,16 @@ def test_teacher_then_cached_distillation(tmp_path, caplog):
             f"teacher.cache={tmp_path / 'cache'}",
             "teacher.cache_dtype=float32",  # 2 steps of teacher training: huge activations
             "losses=[{name: embedding, weight: 2.0}]",
-            "data.augment={flip_p: 0.0}",
         ],
     )
-    trainer = build_trainer(student_cfg)
+    trainer = build_trainer(student_cfg)  # the default flip: the cache holds both views
     assert trainer.distiller.teacher_cache is not None and trainer.distiller.teacher is None
+    assert trainer.distiller.teacher_cache.has_flip
     history = trainer.fit()
     assert all({"ce", "kd/embedding"} <= set(r) for r in history)
     assert (tmp_path / "cache" / "meta.json").exists()
 
-    # a random flip changes the teacher's view: the teacher runs online and the log says so
+    # photometric jitter changes the teacher's view: the teacher runs online and the log says so
     online_cfg = load_config(
         ExperimentConfig,
         None,
@@ -65,6 +65,7 @@ def test_teacher_then_cached_distillation(tmp_path, caplog):
             f"teacher.model={teacher_path}",
             f"teacher.cache={tmp_path / 'cache'}",
             "losses=[{name: embedding}]",
+            "data.augment={preset: photometric}",
         ],
     )
     with caplog.at_level(logging.WARNING):

@@ -181,7 +181,9 @@ def _batch(b):
 
 def test_loss_module_zero_gradients_and_buffers():
     s, t, idx = _loss_inputs()
-    loss = NeuronSelectionLoss(indices=idx)
+    assert NeuronSelectionLoss(indices=idx).student_kwargs() == {"num_features": 3}  # the paper
+    loss = NeuronSelectionLoss(indices=idx, adapter=True)  # [OURS] opt-in
+    assert loss.student_kwargs() == {}
     loss.build(_out(s), _out(t))
     assert loss.adapter is None
     assert loss(_out(t[:, idx]), _out(t), _batch(2)).item() == 0.0
@@ -194,7 +196,7 @@ def test_loss_module_zero_gradients_and_buffers():
     assert teacher.grad is None
     state = loss.state_dict()
     assert state["indices"].tolist() == [2, 0, 1] and state["k"].item() == 3
-    other = NeuronSelectionLoss(indices=[0, 1, 2])
+    other = NeuronSelectionLoss(indices=[0, 1, 2], adapter=True)
     other.build(_out(student.detach()), _out(teacher.detach()))
     other.load_state_dict(state)
     assert other.indices.tolist() == [2, 0, 1]
@@ -209,7 +211,7 @@ def test_loss_validation():
     with pytest.raises(ValueError, match="does not exist"):
         NeuronSelectionLoss(indices=[0, 5, 1]).build(_out(s), _out(t))
     with pytest.raises(ValueError, match="num_features=2"):
-        NeuronSelectionLoss(indices=[0, 2], adapter=False).build(_out(s), _out(t))
+        NeuronSelectionLoss(indices=[0, 2]).build(_out(s), _out(t))  # the default: no adapter
     with pytest.raises(ValueError, match="num_features=2"):
         NeuronSelectionLoss(indices=[0, 2])(_out(s), _out(t), _batch(2))
 

@@ -392,7 +392,7 @@ def test_cache_teacher_command_takes_an_onnx_teacher(exported, tmp_path, capsys)
         "teacher": {"onnx": str(onnx_path), "cache": str(tmp_path / "cache")},
         "losses": [{"name": "triplet_distillation"}],
         "data": {"identities": 2, "images_per_identity": 2, "image_size": SIZE,
-                 "augment": {"flip_p": 0.0}, "workers": 0},
+                 "sampler": "pk", "p": 2, "k": 2, "workers": 0},
     }  # fmt: skip
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -151,14 +151,18 @@ class FaceAugment:
         self.paired = bool(paired)
         A = _albumentations()
         photo_p = _probability("photometric_p", photometric_p)
-        shared = [A.HorizontalFlip(p=_probability("flip_p", flip_p))]
+        # the flip is drawn here, not by albumentations, so an item can say it was mirrored
+        self.flip_p = _probability("flip_p", flip_p)
+        self.photometric_p = photo_p
+        self.occlusion_p = _probability("occlusion_p", occlusion_p)
+        shared = []
         if photo_p > 0:
             shared += [
                 A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=photo_p),
                 A.HueSaturationValue(10, 20, 10, p=photo_p),
                 A.RandomGamma(gamma_limit=(80, 120), p=photo_p),
             ]
-        if _probability("occlusion_p", occlusion_p) > 0:
+        if self.occlusion_p > 0:
             shared.append(
                 A.CoarseDropout(
                     num_holes_range=(1, 2),
@@ -192,22 +196,41 @@ class FaceAugment:
         rng = random if self._stream is None else self._stream
         return rng.getrandbits(63)
 
+    @property
+    def teacher_view_random(self) -> bool:
+        """Whether the teacher's view changes from call to call beyond the mirror image
+        (photometric jitter, occlusion): then no teacher cache can stand in for the teacher.
+        Blur, JPEG and down-sampling touch only the student view; the flip is cached."""
+        return self.photometric_p > 0 or self.occlusion_p > 0
+
     def __call__(self, image: np.ndarray, seed: int | None = None) -> np.ndarray | dict:
         """``(H, W, 3)`` uint8 RGB -> uint8 image, or ``{"image", "teacher_image"}`` (uint8).
 
         With ``seed`` the output is a pure function of ``(image, seed)``.
         """
+        out = self.views(image, seed)
+        if "teacher_image" not in out:  # no degradation, or an unpaired student view
+            return out["image"]
+        return {"image": out["image"], "teacher_image": out["teacher_image"]}
+
+    def views(self, image: np.ndarray, seed: int | None = None) -> dict:
+        """Like ``__call__`` but always a dict: ``image``, ``teacher_image`` (paired low
+        resolution only) and ``flipped`` (whether the face was mirrored), the form
+        ``facekd.data.folder.make_item`` asks for."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got {getattr(image, 'shape', image)}")
         if image.dtype != np.uint8:
             raise ValueError(f"expected uint8 pixels, got {image.dtype}")
         seq = np.random.SeedSequence(self._call_seed() if seed is None else seed)
-        rngs = [np.random.default_rng(s) for s in seq.spawn(4)]
+        rngs = [np.random.default_rng(s) for s in seq.spawn(5)]
         for compose, rng in zip((self._shared, self._blur, self._jpeg), rngs, strict=False):
             compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        teacher = self._shared(image=image)["image"]
+        flipped = bool(rngs[4].random() < self.flip_p)
+        if flipped:
+            image = np.ascontiguousarray(image[:, ::-1])
+        teacher = self._shared(image=image)["image"] if self._shared.transforms else image
         if self.low_res_size is None:
-            return teacher
+            return {"image": teacher, "flipped": flipped}
         student = self._blur(image=teacher)["image"]
         interp = self.interpolations[int(rngs[3].integers(len(self.interpolations)))]
         student = resize(student, self.low_res_size, interpolation=interp)
@@ -217,13 +240,15 @@ class FaceAugment:
             student = cv2.resize(student, (w, h), interpolation=cv2.INTER_CUBIC)
         student = np.ascontiguousarray(student, dtype=np.uint8)
         if not self.paired:
-            return student
-        return {"image": student, "teacher_image": np.ascontiguousarray(teacher)}
+            return {"image": student, "flipped": flipped}
+        teacher = np.ascontiguousarray(teacher)
+        return {"image": student, "teacher_image": teacher, "flipped": flipped}
 
     def __repr__(self) -> str:
         return (
             f"FaceAugment(low_res_size={self.low_res_size}, upsample_back={self.upsample_back}, "
-            f"paired={self.paired}, seed={self.seed}, shared={self._shared.transforms})"
+            f"paired={self.paired}, seed={self.seed}, flip_p={self.flip_p}, "
+            f"shared={self._shared.transforms})"
         )
 
 

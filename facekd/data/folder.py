@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: a dict ``{"image": ..., "teacher_image": ...}`` (e.g. paired low/high-resolution views)
 Transform = Callable[[np.ndarray], "np.ndarray | dict[str, np.ndarray]"]
 
-_VIEW_KEYS = frozenset({"image", "teacher_image"})
+_VIEW_KEYS = frozenset({"image", "teacher_image", "flipped"})
 
 
 def make_item(
@@ -37,21 +37,31 @@ def make_item(
     """The item dict of ``facekd.data.batching`` from a decoded ``(H, W, 3)`` uint8 RGB face.
 
     ``transform`` (optional) runs on the uint8 image; each view it returns is normalised by
-    ``to_tensor`` here, so no transform ever re-implements the pixel convention.
+    ``to_tensor`` here, so no transform ever re-implements the pixel convention. A transform
+    with a ``views(image) -> dict`` method (``FaceAugment``) is asked for that instead, so the
+    item also records whether the face was mirrored (``flipped``: the teacher cache holds both
+    the plain and the mirrored teacher view).
     """
-    out = image if transform is None else transform(image)
+    if transform is None:
+        out = image
+    elif callable(getattr(transform, "views", None)):
+        out = transform.views(image)
+    else:
+        out = transform(image)
     if isinstance(out, Mapping):
         unknown = set(out) - _VIEW_KEYS
         if "image" not in out or unknown:
             raise ValueError(
                 "a transform returning a dict must have the key 'image' and optionally "
-                f"'teacher_image'; got keys {sorted(out)}"
+                f"'teacher_image' and 'flipped'; got keys {sorted(out)}"
             )
         item = {"image": to_tensor(out["image"])}
         if out.get("teacher_image") is not None:
             item["teacher_image"] = to_tensor(out["teacher_image"])
     else:
         item = {"image": to_tensor(out)}
+    if isinstance(out, Mapping) and "flipped" in out:  # lets a teacher cache pick the view
+        item["flipped"] = bool(out["flipped"])
     item["label"] = int(label)
     item["index"] = int(index)
     return item
@@ -170,7 +180,19 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]
         # the item's index is its position (the teacher-cache key), also for a negative index
-        return make_item(read_rgb(path), label, index % len(self.samples), self.transform)
+        image = read_rgb(path, strict=True)  # a truncated file is an error, never grey pixels
+        return make_item(image, label, index % len(self.samples), self.transform)
+
+    def manifest(self) -> dict:
+        """What the teacher cache keys this data set on (``facekd.data.manifest``): the root
+        (resolved) and, per image, its path relative to the root, size and mtime in ns, so a
+        re-aligned folder with the same layout is told apart from the one a cache was built on."""
+        files = []
+        for path, label in self.samples:
+            st = path.stat()
+            relative = path.relative_to(self.root).as_posix()
+            files.append([relative, st.st_size, st.st_mtime_ns, label])
+        return {"kind": "folder", "path": str(self.root.resolve()), "files": files}
 
     def __repr__(self) -> str:
         return (

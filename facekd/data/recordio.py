@@ -21,6 +21,7 @@ File format (dmlc-core ``recordio.h``, written by ``mx.recordio.MXIndexedRecordI
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 import struct
@@ -383,13 +384,33 @@ class RecordIODataset(Dataset):
         key = int(self.keys[index])
         header, data = unpack_record(self.reader.read(key))
         try:
-            image = read_rgb(data)
+            image = read_rgb(data, strict=True)
         except ValueError as e:
             raise RecordIOError(
                 f"record key {key} (offset {self.reader.offset(key)}) of "
                 f"{self.reader.rec_path}: {e}"
             ) from e
         return make_item(image, self._label(header, key), index, self.transform)
+
+    def manifest(self) -> dict:
+        """What the teacher cache keys this data set on (``facekd.data.manifest``): the ``.rec``
+        path (resolved), its size and mtime, a hash of the ``.idx`` and one of every record
+        header (label, id) in item order; no image is decoded."""
+        st = self.reader.rec_path.stat()
+        headers = hashlib.sha256()
+        for key in self.keys.tolist():
+            h = self.reader.read_header(key)
+            headers.update(f"{key}:{self.reader.offset(key)}:{h.flag}:{h.id}:{h.id2}:".encode())
+            headers.update(np.asarray(h.label, dtype=np.float64).tobytes())
+        return {
+            "kind": "recordio",
+            "path": str(self.reader.rec_path.resolve()),
+            "rec_size": st.st_size,
+            "rec_mtime_ns": st.st_mtime_ns,
+            "idx_sha256": hashlib.sha256(self.reader.idx_path.read_bytes()).hexdigest(),
+            "headers_sha256": headers.hexdigest(),
+            "count": len(self),
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.reader.rec_path)!r}, images={len(self)})"

@@ -179,6 +179,18 @@ class SyntheticFaces(Dataset):
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
 
+    def manifest(self) -> dict:
+        """The generator's parameters: they determine every pixel (``facekd.data.manifest``)."""
+        return {
+            "kind": "synthetic",
+            "identities": self.num_identities,
+            "images_per_identity": self.images_per_identity,
+            "size": self.size,
+            "seed": self.seed,
+            "identity_offset": self.identity_offset,
+            "nuisance": float(self.nuisance),
+        }
+
     def render(self, identity: int, image_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``image_index`` of label ``identity``: ``(size, size, 3)`` uint8, ``(5, 2)``."""
         if not 0 <= identity < self.num_identities:

@@ -46,21 +46,58 @@ def resize(image: np.ndarray, size: int, interpolation: int = cv2.INTER_AREA) ->
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def read_rgb(data: bytes | str) -> np.ndarray:
+class ImageDecodeError(ValueError):
+    """An undecodable image, or (strict reading) a truncated file; ``source`` names it."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+def incomplete_reason(buf: bytes) -> str | None:
+    """Why encoded JPEG / PNG bytes are cut short, or ``None`` when they look complete.
+
+    OpenCV decodes a truncated JPEG without an error, filling the missing rows with grey; a
+    network copy or a full disk leaves such files behind. A JPEG is complete when an EOI marker
+    (FF D9) follows its last start-of-scan (FF DA): inside entropy-coded data FF is always
+    stuffed (FF 00) or a restart marker, and an EXIF thumbnail's EOI comes before the main scan.
+    A PNG is complete when it ends with its IEND chunk. Other formats are left to the decoder.
+    """
+    if buf[:3] == b"\xff\xd8\xff":
+        sos = buf.rfind(b"\xff\xda")
+        if sos < 0:
+            return "JPEG without image data (no start-of-scan marker)"
+        if buf.rfind(b"\xff\xd9") < sos:
+            return "truncated JPEG (no end-of-image marker after the last scan)"
+    elif buf[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in buf[-16:]:
+        return "truncated PNG (no IEND chunk at the end)"
+    return None
+
+
+def read_rgb(data: bytes | str, strict: bool = False) -> np.ndarray:
     """Decode an image file (path or encoded bytes) to ``(H, W, 3)`` uint8 RGB.
 
-    Grayscale is replicated to three channels and alpha is dropped. Raises ``ValueError``
-    naming the source when it cannot be decoded.
+    Grayscale is replicated to three channels and alpha is dropped. Raises
+    ``ImageDecodeError`` (a ``ValueError``) naming the source when it cannot be decoded, and
+    with ``strict=True`` (training data) also when a JPEG / PNG is truncated
+    (``incomplete_reason``), which OpenCV would otherwise return as a half-grey picture.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
-        buf = np.frombuffer(data, dtype=np.uint8)
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-        source = f"<{len(buf)} encoded bytes>"
+        raw = bytes(data)
+        source = f"<{len(raw)} encoded bytes>"
     else:
-        img = cv2.imread(str(data), cv2.IMREAD_COLOR)  # honours EXIF orientation
         source = str(data)
+        try:
+            with open(source, "rb") as f:
+                raw = f.read()
+        except OSError as err:
+            raise ImageDecodeError(source, f"cannot read image {source}: {err.strerror}") from None
+    if strict and (reason := incomplete_reason(raw)):
+        raise ImageDecodeError(source, f"cannot use image {source}: {reason}")
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None  # honours EXIF orientation
     if img is None:
-        raise ValueError(f"cannot decode image {source}")
+        raise ImageDecodeError(source, f"cannot decode image {source}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

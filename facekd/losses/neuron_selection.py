@@ -13,15 +13,18 @@ mimic is the standard form; the paper's normalisation constant is UNVERIFIED, ``
 follows METHODS §1.3.
 
 The paper's student outputs K units directly (MobileID: ``ip3`` with 422 outputs) and that is
-the faithful setup here too: build the student with ``num_features=K`` (its embedding *is*
-the K-d target, used as the face descriptor at test time). With the iResNet BN embedding as
-teacher layer the target is signed, so the student has no output ReLU (METHODS §1.7 [OURS]).
-When the student's embedding has ``D_s != K`` dimensions and ``adapter=True`` [OURS], ``build``
-adds a trainable ``nn.Linear(D_s, K)`` that maps the student embedding onto the K targets; the
+the faithful setup here, and the default: ``student_kwargs()`` asks the experiment builder for
+a student with ``num_features=K`` (its embedding *is* the K-d target, used as the face
+descriptor at test time) unless the config sets ``student.kwargs.num_features`` itself. With
+the iResNet BN embedding as teacher layer the target is signed, so the student has no output
+ReLU (METHODS §1.7 [OURS]). Only with ``adapter=True`` [OURS] may a student whose embedding
+has ``D_s != K`` dimensions train through a ``nn.Linear(D_s, K)`` built in ``build``; the
 adapter belongs to the loss (saved with the adapters, not with the student).
 
 The selection is pre-fitted state: ``indices`` and ``k`` are registered buffers, saved in the
-loss's ``state_dict`` and restored from it.
+loss's ``state_dict`` and restored from it. A selection file records the fingerprint of the
+teacher it was made from (``facekd.selection.run_selection``); ``check_teacher`` refuses any
+other teacher, whose neuron ``j`` means something else.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ class NeuronSelectionLoss(DistillLoss):
             unit ``j`` regresses teacher neuron ``indices[j]``.
         loss: ``"mse_half"`` (default, METHODS §1.3) | ``"mse"`` | ``"cosine"``.
         adapter: allow a ``Linear(D_s, K)`` adapter when the student embedding is not K-d
-            (default True) [OURS]; with False such a student is refused at ``build``.
+            [OURS]; default False (the paper's K-wide student): such a student is refused at
+            ``build``.
     """
 
     requires = frozenset({"embedding"})
@@ -85,7 +89,7 @@ class NeuronSelectionLoss(DistillLoss):
         selection: NeuronSelection | str | os.PathLike | None = None,
         indices=None,
         loss: str = "mse_half",
-        adapter: bool = True,
+        adapter: bool = False,
     ) -> None:
         super().__init__()
         if (selection is None) == (indices is None):
@@ -95,10 +99,16 @@ class NeuronSelectionLoss(DistillLoss):
         if not isinstance(adapter, bool):
             raise ValueError(f"adapter must be True or False, got {adapter!r}")
         self.teacher_dim: int | None = None
+        self.teacher_fingerprint: str | None = None
+        self.source = "indices"
         if selection is not None:
             if not isinstance(selection, NeuronSelection):
+                self.source = os.fspath(selection)
                 selection = NeuronSelection.from_json(selection)
+            else:
+                self.source = "the given NeuronSelection"
             indices, self.teacher_dim = selection.indices.tolist(), selection.dim
+            self.teacher_fingerprint = (selection.meta or {}).get("teacher")
         idx = torch.as_tensor(indices)
         if (
             idx.dim() != 1
@@ -115,6 +125,20 @@ class NeuronSelectionLoss(DistillLoss):
         self.register_buffer("indices", idx)
         self.register_buffer("k", torch.tensor(idx.numel(), dtype=torch.long))
         self.adapter: nn.Linear | None = None
+
+    def student_kwargs(self) -> dict:
+        """The paper's student: its embedding is the K selected neurons (no adapter)."""
+        return {} if self.allow_adapter else {"num_features": int(self.k)}
+
+    def check_teacher(self, fingerprint: str) -> None:
+        """Refuse a teacher other than the one the selection was made from."""
+        if self.teacher_fingerprint is not None and fingerprint != self.teacher_fingerprint:
+            raise ValueError(
+                f"the neuron selection {self.source} was made from teacher "
+                f"{self.teacher_fingerprint[:16]}..., but this run's teacher is "
+                f"{fingerprint[:16]}...; neuron j of another teacher means something else: "
+                "rerun facekd select-neurons with this teacher"
+            )
 
     def build(self, student: ModelOutput, teacher: ModelOutput) -> None:
         """Check the teacher layer against the selection; add the adapter if one is needed."""

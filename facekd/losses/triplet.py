@@ -123,11 +123,13 @@ def triplet_hinge(
     adaptive: bool = True,
     margin: float = 0.35,
     eps: float = 1e-12,
+    reduce: bool = True,
 ) -> Tensor:
     """The loss on ``(N,)`` distances of N triplets (MG's batch layout: explicit triplets).
 
     ``s_*`` student, ``t_*`` teacher distances (anchor-positive, anchor-negative); the teacher
     ones are needed only when ``adaptive``. ``N = 0`` returns a graph-connected zero.
+    ``reduce=False`` returns the ``(N,)`` hinges instead of their mean.
     """
     if adaptive:
         if t_ap is None or t_an is None:
@@ -137,6 +139,8 @@ def triplet_hinge(
     else:
         m = margin
     hinge = (s_ap - s_an + m).clamp_min(0.0)  # (N,)
+    if not reduce:
+        return hinge
     return hinge.sum() / max(hinge.numel(), 1)
 
 
@@ -186,6 +190,7 @@ def triplet_distillation_loss(
     adaptive: bool = True,
     margin: float = 0.35,
     eps: float = 1e-12,
+    stats: dict | None = None,
 ) -> Tensor:
     """Pure function behind ``TripletDistillation`` (module docstring).
 
@@ -193,6 +198,8 @@ def triplet_distillation_loss(
         e_s: ``(B, D)`` student embeddings (before normalisation).
         e_t: ``(B, D_t)`` teacher embeddings (detached here); ``None`` allowed when not adaptive.
         labels: ``(B,)`` identity ids, -1 = unlabelled.
+        stats: optional dict that receives ``triplets`` (how many were mined) and ``active``
+            (the fraction with a positive hinge, i.e. that give a gradient).
     """
     check_options(metric, m_min, m_max, dmax, mining, mining_alpha, margin)
     if e_s.dim() != 2 or labels.shape != (e_s.shape[0],):
@@ -210,7 +217,7 @@ def triplet_distillation_loss(
             raise ValueError("triplet distillation needs (B, D_t) teacher embeddings")
         d_t = pairwise_distance(e_t.detach().to(e_s.dtype), metric)  # (B, B)
         t_ap, t_an = d_t[a, p], d_t[a, n]
-    return triplet_hinge(
+    hinge = triplet_hinge(
         d_s[a, p],
         d_s[a, n],
         t_ap,
@@ -221,7 +228,12 @@ def triplet_distillation_loss(
         adaptive=adaptive,
         margin=margin,
         eps=eps,
-    )
+        reduce=False,
+    )  # (N,)
+    if stats is not None:
+        stats["triplets"] = int(a.numel())
+        stats["active"] = float((hinge.detach() > 0).float().mean()) if a.numel() else 0.0
+    return hinge.sum() / max(hinge.numel(), 1)
 
 
 class TripletDistillation(DistillLoss):
@@ -231,6 +243,7 @@ class TripletDistillation(DistillLoss):
     one alpha for selection and loss)."""
 
     requires = frozenset({"embedding"})
+    needs_pk = True  # mines triplets within the identities of a P x K batch
 
     def __init__(
         self,
@@ -263,4 +276,9 @@ class TripletDistillation(DistillLoss):
 
     def forward(self, student: ModelOutput, teacher: ModelOutput, batch: Batch) -> Tensor:
         e_t = teacher.embedding if teacher is not None else None
-        return triplet_distillation_loss(student.embedding, e_t, batch.labels, **self.options)
+        stats: dict = {}
+        loss = triplet_distillation_loss(
+            student.embedding, e_t, batch.labels, stats=stats, **self.options
+        )
+        self.last_stats = stats
+        return loss
