@@ -35,6 +35,7 @@ import numpy as np
 
 from facekd.data.align import norm_crop
 from facekd.evaluation.embed import extract_embeddings
+from facekd.runtime import tune_cpu
 
 DEFAULT_THRESHOLD = 0.3
 ALIGN_SIZE = 112
@@ -78,9 +79,11 @@ class FaceModel:
         threshold: float = DEFAULT_THRESHOLD,
         policy: str = "center",
         source: str = "",
+        bf16: bool = False,
     ) -> None:
         self.runner, self.input_size, self.threshold = runner, input_size, float(threshold)
         self.policy, self.source, self._detector = policy, source, None
+        self.bf16 = bool(bf16)
 
     def __repr__(self) -> str:
         return (
@@ -119,12 +122,22 @@ class FaceModel:
         return rgb
 
     def embed(
-        self, images, aligned: bool | None = None, flip: bool = True, batch_size: int = 64
+        self,
+        images,
+        aligned: bool | None = None,
+        flip: bool = True,
+        batch_size: int = 64,
+        bf16: bool | None = None,
     ) -> np.ndarray:
-        """Images (one or a list) -> ``(N, D)`` float32 L2-normalised embeddings."""
+        """Images (one or a list) -> ``(N, D)`` float32 L2-normalised embeddings.
+
+        ``bf16``: bf16 autocast (torch models); default the model's ``bf16`` (from ``load``).
+        """
+        tune_cpu()
         crops = self.preprocess(images, aligned)
+        bf16 = self.bf16 if bf16 is None else bool(bf16)
         return extract_embeddings(
-            self.runner, crops, batch_size=batch_size, flip=flip, progress=False
+            self.runner, crops, batch_size=batch_size, flip=flip, bf16=bf16, progress=False
         )
 
     def verify(
@@ -141,13 +154,28 @@ def load(
     backend: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     policy: str = "center",
+    bf16: bool = False,
 ) -> FaceModel:
     """A ``FaceModel`` from a checkpoint, registry name, legacy MXNet prefix / folder, ``.onnx``
     file (onnxruntime, CPU) or a torch module. ``backend``: ``"torch"``, ``"onnx"`` or None
     (from the suffix). ``policy``: which face of a multi-face photo (``facekd.data.detect``).
+    ``bf16``: embed under bf16 autocast (torch only; faster on CPUs with native bf16, a small
+    accuracy change: README "CPU speed"). A model loaded from a file is turned into an
+    inference module (BatchNorm folded, channels-last) where that is faster
+    (``extract_embeddings``' default), once, not at every call.
     """
-    from facekd.embed_folder import load_runner
+    import torch
 
+    from facekd.embed_folder import load_runner
+    from facekd.evaluation.embed import fold_batchnorm, prefers_channels_last
+
+    tune_cpu()
     runner, size = load_runner(path_or_name, backend)
+    is_torch = isinstance(runner, torch.nn.Module)
+    if bf16 and not is_torch:
+        raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
+    if is_torch and runner is not path_or_name and prefers_channels_last(runner):
+        # our own module (never the caller's): made an inference copy once, not per call
+        runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
     source = str(path_or_name) if isinstance(path_or_name, (str, os.PathLike)) else "module"
-    return FaceModel(runner, size, threshold=threshold, policy=policy, source=source)
+    return FaceModel(runner, size, threshold=threshold, policy=policy, source=source, bf16=bf16)

@@ -255,6 +255,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             retry_failed=args.retry_failed,
+            bf16=args.bf16,
         )
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
@@ -332,6 +333,7 @@ def _add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=["center", "largest", "score"], default="center")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results")
     p.add_argument("--retry-failed", action="store_true", help="retry files listed as failed")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (torch; see README)")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -354,6 +356,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             policy=args.policy,
             overwrite=args.overwrite,
             retry_failed=args.retry_failed,
+            bf16=args.bf16,
         )
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
@@ -377,6 +380,7 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
         "uncalibrated, see facekd.api)",
     )
     p.add_argument("--aligned", action="store_true", help="both images are aligned crops")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (torch; see README)")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -389,7 +393,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not (Path(args.model).exists() or Path(f"{args.model}-symbol.json").exists()):
         build_model(args.model)
     try:
-        model = load(args.model, threshold=args.threshold)
+        model = load(args.model, threshold=args.threshold, bf16=args.bf16)
         cosine, same = model.verify(args.image1, args.image2, aligned=args.aligned or None)
     except ValueError as err:  # no face, unreadable photo, bad checkpoint
         raise UsageError(str(err)) from None
@@ -468,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or an argparse error (2, message already printed)
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    from facekd.runtime import tune_cpu
+
+    tune_cpu()  # allocator + threads, once (FACEKD_CPU_TUNING=0: off)
     try:
         return int(args._run(args) or 0)
     except UsageError as err:

@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from facekd.data.align import norm_crop
 from facekd.data.align_tree import _Photos, list_images
-from facekd.evaluation.embed import extract_embeddings
+from facekd.evaluation.embed import extract_embeddings, fold_batchnorm, prefers_channels_last
+from facekd.runtime import tune_cpu, worker_init
 
 ALIGN_SIZE = 112
 
@@ -138,6 +139,7 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
         batch_size=batch,
         num_workers=workers if len(names) > batch else 0,
         collate_fn=list,
+        worker_init_fn=worker_init,
     )
     for chunk in loader:
         good = [(n, img) for n, img, err in chunk if err is None]
@@ -178,6 +180,7 @@ def embed_folder(
     align_size: int = ALIGN_SIZE,
     overwrite: bool = False,
     retry_failed: bool = False,
+    bf16: bool = False,
     detector=None,
     progress: bool = True,
 ) -> EmbedReport:
@@ -191,6 +194,8 @@ def embed_folder(
         workers: DataLoader decoding processes.
         shard_size: images per shard (resume granularity).
         policy, min_face, align_size: raw mode only (``facekd.data.detect``).
+        bf16: torch only: bf16 autocast (``extract_embeddings``); recorded in the meta, so
+            fp32 and bf16 results never mix.
         detector: an object with ``detect(images) -> list[list[Detection]]`` (tests).
     Returns:
         ``EmbedReport``; raises ``FileNotFoundError`` for a missing ``src`` and ``ValueError``
@@ -199,13 +204,21 @@ def embed_folder(
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"output must be a .npz file, got {out}")
+    tune_cpu()
     names = list_images(src)
     runner, size = load_runner(model, backend)
+    is_torch = isinstance(runner, torch.nn.Module)
+    if bf16 and not is_torch:
+        raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
+    if is_torch and runner is not model and prefers_channels_last(runner):
+        # our own module: made an inference module once, not copied for every shard
+        runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
     meta = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "model_fingerprint": fingerprint(model),
-        "backend": "torch" if isinstance(runner, torch.nn.Module) else "onnx",
+        "backend": "torch" if is_torch else "onnx",
         "flip": bool(flip),
+        **({"bf16": True} if bf16 else {}),
         "normalized": True,
         "aligned": bool(aligned),
         "input_size": size,
@@ -246,7 +259,7 @@ def embed_folder(
             bar.update(1)
         if ok:
             emb = extract_embeddings(
-                runner, crops, batch_size=batch_size, flip=flip, progress=False
+                runner, crops, batch_size=batch_size, flip=flip, bf16=bf16, progress=False
             )
             _save_npz(
                 parts / f"shard_{next_shard:05d}.npz",
