@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from facekd.cli import main
+from facekd.data.synthetic import synthetic_pairset
+from facekd.evaluation.embed import extract_embeddings
+from facekd.evaluation.verification import THRESHOLD_SEARCH, verify
 from facekd.models import BACKBONES, build_backbone
+from facekd.models.checkpoints import load_backbone
 
 TINY = ["--batch-sizes", "1", "2", "--warmup", "1", "--runs", "2", "--min-runs", "1"]
 
@@ -57,15 +61,77 @@ def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     names = [row["model"] for row in report["rows"]]
     assert names == ["teacher", "scratch", "hinton", "neuron_selection", "hr_to_lr", "triplet"]
-    for row in report["rows"]:
-        assert 0.0 <= row["synthetic_acc"] <= 1.0 and 0.0 <= row["synthetic_acc@16"] <= 1.0
+    rows = {row["model"]: row for row in report["rows"]}
+    for row in rows.values():
         assert row["compression"] > 0 and row["params_M"] > 0 and row["train_s"] > 0
-    assert report["rows"][4]["input_px"] == 16, "the HR->LR student works at half resolution"
+    assert rows["hr_to_lr"]["input_px"] == 16, "the HR->LR student works at half resolution"
+    # every accuracy is what the named threshold search gives on the saved model's embeddings
+    assert report["threshold_search"]["synthetic_acc"] == THRESHOLD_SEARCH["grid"]
+    assert report["threshold_search"]["synthetic_acc_exact"] == THRESHOLD_SEARCH["exact"]
+    pairs = synthetic_pairset(tiny.pairs, size=tiny.size, seed=0)
+    for name in ("teacher", "scratch"):
+        emb = extract_embeddings(load_backbone(tmp_path / name / "student.pt"), pairs.images)
+        both = (emb[pairs.pairs[:, 0]], emb[pairs.pairs[:, 1]])
+        for key, search in (("synthetic_acc", "grid"), ("synthetic_acc_exact", "exact")):
+            res = verify(both, pairs.issame, thresholds=search)
+            assert rows[name][key] == pytest.approx(res.accuracy, abs=1e-9), (name, key)
     text = md.read_text()
     assert "SYNTHETIC" in text and "Face methods against the from-scratch student" in text
-    assert all(f"**{m}**" in text for m in ("neuron_selection", "hr_to_lr", "triplet"))
+    assert "synthetic (grid)" in text and "synthetic (exact)" in text
+    # each verdict quotes this run's numbers (grid accuracies) for the method and for scratch
+    for name in ("hinton", "neuron_selection", "triplet"):
+        line = next(x for x in text.splitlines() if x.startswith(f"- **{name}**"))
+        acc, ref = rows[name]["synthetic_acc"], rows["scratch"]["synthetic_acc"]
+        assert f"{acc:.4f} vs {ref:.4f}" in line
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert (tmp_path / "roc_synthetic.png").exists()
+
+
+def _verdict_rows(teacher_acc: float, hr_gflops: float) -> list[dict]:
+    def row(model, acc, px=32, gflops=0.03, low=None):
+        return {"model": model, "input_px": px, "synthetic_acc": acc, "synthetic_std": 0.01,
+                "synthetic_acc@16": acc if low is None else low, "gflops": gflops,
+                "latency_b1_ms": 10 * gflops}  # fmt: skip
+
+    return [
+        row("teacher", teacher_acc, low=teacher_acc - 0.05),
+        row("scratch", 0.90, low=0.88),
+        row("neuron_selection", 0.86),
+        row("hr_to_lr", 0.80, px=16, gflops=hr_gflops),
+        row("triplet", 0.85),
+    ]
+
+
+def test_demo_verdicts_are_derived_from_the_runs_numbers():
+    from facekd.demo import DemoSize, face_method_verdicts
+
+    s = DemoSize(identities=80, batch=64, size=32)
+    logs = {
+        "neuron_selection": [{"kd/neuron_selection": 2.0}, {"kd/neuron_selection": 0.5}],
+        "triplet": [{"ce": 9.0, "kd/triplet_distillation": 0.2}, {"ce": 8.0}],
+    }
+    runs = {"triplet": {"data": {"sampler": "pk", "p": 16, "k": 4}}}
+    weak = face_method_verdicts(_verdict_rows(0.905, 0.01), s, logs, runs)
+    strong = face_method_verdicts(_verdict_rows(0.99, 0.015), s, logs, runs)
+    ns_weak, hr_weak, tri_weak = weak
+    ns_strong, hr_strong, _ = strong
+    assert ns_weak.startswith("**neuron_selection** loses to scratch at 32 px: 0.8600 vs 0.9000")
+    assert "teacher it learns from scores 0.9050" in ns_weak and "0.9900" not in ns_weak
+    assert "teacher scores 0.9900 (+0.0900 over scratch)" in ns_strong
+    assert "no identity (ce) term" in ns_weak and "no identity (ce) term" not in tri_weak
+    assert "kd/neuron_selection went from 2 to 0.5 over training (25% of its start)" in ns_weak
+    # the HR->LR student is compared at its own 16 px, with the FLOPs ratio of its rows
+    assert "at 16 px: 0.8000 vs 0.8800" in hr_weak
+    assert "3.0x fewer FLOPs" in hr_weak and "2.0x fewer FLOPs" in hr_strong
+    assert "costs even the teacher 0.0500" in hr_weak
+    assert "16 identities x 4 images" in tri_weak and "up to 64 of the 80" in tri_weak
+    tie = _verdict_rows(0.99, 0.01)
+    tie[2]["synthetic_acc"] = 0.905
+    assert "ties scratch" in face_method_verdicts(tie, s)[0]
+    tie[2]["synthetic_acc"] = 0.93
+    assert face_method_verdicts(tie, s)[0].endswith(
+        "beats scratch at 32 px: 0.9300 vs 0.9000 (+0.0300)."
+    )
 
 
 def test_train_command_resumes_and_rejects_bad_configs(tmp_path, capsys):

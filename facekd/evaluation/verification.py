@@ -41,6 +41,13 @@ GRID_ACCURACY = np.arange(0, 4, 0.01)
 GRID_VAL = np.arange(0, 4, 0.001)
 TAR_FARS = (1e-4, 1e-3, 1e-2, 1e-1)
 TAR_MODES = ("nearest", "conservative")
+#: what each ``thresholds`` mode of ``verify`` does, in the words reports print
+THRESHOLD_SEARCH = {
+    "grid": "insightface threshold grid np.arange(0, 4, 0.01) on squared L2 distances "
+    "(what published tables use)",
+    "exact": "exact search over every cut of the sorted training-fold distances (optimal on "
+    "the training folds; on the test fold it may land above or below the grid)",
+}
 
 
 @dataclass
