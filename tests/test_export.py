@@ -3,6 +3,7 @@ graphs, exporter fallback, optional variants, the CLI, the real legacy MobileFac
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -115,18 +116,22 @@ def test_dynamo_failure_falls_back_to_torchscript(tiny_ckpt, tmp_path, monkeypat
     info = export_onnx(tiny_ckpt, tmp_path / "s.onnx", fp16=True, int8=True)
     assert info["exporter"] == "torchscript" and "simulated" in info["dynamo_error"]
     assert info["parity"]["min_cosine"] >= 0.9999
+    # cosine floors to torch. fp16: measured >= 0.99999. int8 (dynamic, per-tensor weights):
+    # measured 0.971-0.982 on calibrated_tiny seeds 0-2; rounding the weights to 6 bits gives
+    # 0.86, another model's weights ~0, so 0.95 catches a broken or mis-wired quantization
+    floors = {"fp16": 0.999, "int8": 0.95}
+    tooling = {"fp16": "onnxruntime.transformers.float16", "int8": "onnxruntime.quantization"}
     for kind in ("fp16", "int8"):
         var = info["variants"][kind]
-        if "skipped" in var:  # optional tooling: a skip must say why
+        if "skipped" in var:  # optional tooling: a skip must say why, and only when it is absent
             assert kind in var["skipped"]
+            assert importlib.util.find_spec(tooling[kind]) is None, var["skipped"]
             continue
         assert (tmp_path / var["file"]).is_file()
-        assert -1.0 <= var["parity"]["min_cosine"] <= 1.0
+        assert var["parity"]["min_cosine"] >= floors[kind], (kind, var["parity"])
         assert var["cosine_drop"] == pytest.approx(
             info["parity"]["min_cosine"] - var["parity"]["min_cosine"]
         )
-    if "skipped" not in info["variants"]["fp16"]:
-        assert info["variants"]["fp16"]["parity"]["min_cosine"] > 0.999
 
 
 def test_cli_export(tiny_ckpt, tmp_path, capsys, monkeypatch):

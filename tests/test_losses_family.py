@@ -136,15 +136,13 @@ def test_zero_when_student_equals_teacher(make, tiny_teacher):
 
 
 @pytest.mark.slow
-def test_two_stage_schedule_through_configs(tmp_path, monkeypatch):
+def test_two_stage_schedule_through_configs(tmp_path):
     """FitNets stage 1 (hint only, ce_weight 0) -> stage 2 from stage 1's student.pt, as the
     FitNets docstring describes; YAML-style kwargs (lists) reach the losses."""
     from facekd.config import ExperimentConfig, load_config
     from facekd.experiment import build_trainer
-    from facekd.losses import LOSSES
+    from facekd.models.checkpoints import load_backbone
 
-    for key, cls in {"fitnets": FitNets, "attention": AttentionTransfer, "fsp": FSP}.items():
-        monkeypatch.setitem(LOSSES, key, cls)
     tiny = [
         "data.identities=4",
         "data.images_per_identity=2",
@@ -168,8 +166,12 @@ def test_two_stage_schedule_through_configs(tmp_path, monkeypatch):
         ],
     )
     trainer = build_trainer(stage1)
+    hint = trainer.distiller.losses["fitnets"]
+    assert isinstance(hint, FitNets) and (hint.teacher_stage, hint.student_stage) == (3, 2)
     history = trainer.fit()
     assert all("kd/fitnets" in r for r in history)
+    # ce_weight 0: the hint alone drives stage 1
+    assert all(r["loss"] == pytest.approx(r["kd/fitnets"], rel=1e-5) for r in history)
     adapters = torch.load(tmp_path / "s1" / "checkpoint.pt", weights_only=True)["adapters"]
     assert any(k.startswith("fitnets.regressor") for k in adapters)
     stage2 = load_config(
@@ -183,5 +185,15 @@ def test_two_stage_schedule_through_configs(tmp_path, monkeypatch):
             " {name: fsp, weight: 1, kwargs: {pairs: [[[1, 2], [0, 1]]]}}]",
         ],
     )
-    history = build_trainer(stage2).fit()
+    trainer = build_trainer(stage2)
+    # stage 2 starts from exactly the weights stage 1 saved
+    stage1_student = load_backbone(tmp_path / "s1" / "student.pt").state_dict()
+    start = trainer.distiller.student.state_dict()
+    assert stage1_student.keys() == start.keys()
+    assert all(torch.equal(start[k], v) for k, v in stage1_student.items())
+    at, fsp = trainer.distiller.losses["attention"], trainer.distiller.losses["fsp"]
+    assert isinstance(at, AttentionTransfer) and at.pairs == ((1, 0), (2, 1))
+    assert isinstance(fsp, FSP) and fsp.pairs == (((1, 2), (0, 1)),)
+    assert trainer.distiller.weights == {"attention": 1000.0, "fsp": 1.0}
+    history = trainer.fit()
     assert all({"ce", "kd/attention", "kd/fsp"} <= set(r) for r in history)
