@@ -241,6 +241,36 @@ def _open(root: Path, key: CacheKey, manifest: dict, flip: bool) -> TeacherCache
     return cache
 
 
+def _layout(out: ModelOutput, fields, stages) -> dict:
+    """Array shapes of one teacher output; the stages asked for, checked and made positive."""
+    if stages and not out.stages:
+        raise ValueError(
+            f"the teacher gives no stage maps (a black-box ONNX teacher or an ensemble), so "
+            f"stages {list(stages)} cannot be cached; drop teacher.cache_stages"
+        )
+    stages = sorted({s % len(out.stages) for s in stages})  # -1 -> last stage
+    shapes = {"embedding": list(out.embedding.shape[1:])}
+    for name in ("pooled", "logits"):
+        if name in fields:
+            if getattr(out, name) is None:
+                raise ValueError(f"cache field {name!r} asked for, but the teacher gives none")
+            shapes[name] = list(getattr(out, name).shape[1:])
+    for s in stages:
+        shapes[f"stage{s}"] = list(out.stages[s].shape[1:])
+    return {"shapes": shapes, "stages": stages, "num_stages": len(out.stages)}
+
+
+def _arrays(root: Path, shapes: dict, views: dict, n: int, dtype: str, mode: str) -> dict:
+    """The memory-mapped ``.npy`` arrays of every field and view (``w+`` new, ``r+`` resume)."""
+    return {
+        name + suffix: np.lib.format.open_memmap(
+            root / f"{name}{suffix}.npy", mode=mode, dtype=dtype, shape=(n, *shape)
+        )
+        for name, shape in shapes.items()
+        for suffix in views
+    }
+
+
 @torch.no_grad()
 def _build(
     teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size, num_workers,
@@ -262,39 +292,16 @@ def _build(
     teacher = teacher.to(device).eval()
     dataset = ReplaceUnreadable(dataset, report=root / "unreadable.txt")
     n = len(dataset)
-    probe = collate_batch([dataset[0]]).to(device)
-    out = teacher.forward_features(probe.teacher_view)
-    if stages and not out.stages:
-        raise ValueError(
-            f"the teacher gives no stage maps (a black-box ONNX teacher or an ensemble), so "
-            f"stages {list(stages)} cannot be cached; drop teacher.cache_stages"
-        )
-    stages = tuple(sorted({s % len(out.stages) for s in stages}))  # -1 -> last stage
-    shapes = {"embedding": out.embedding.shape[1:]}
-    for name in ("pooled", "logits"):
-        if name in fields:
-            if getattr(out, name) is None:
-                raise ValueError(f"cache field {name!r} asked for, but the teacher gives none")
-            shapes[name] = getattr(out, name).shape[1:]
-    for s in stages:
-        shapes[f"stage{s}"] = out.stages[s].shape[1:]
+    if n == 0:
+        raise ValueError("cannot cache teacher outputs of an empty data set")
     views = {"": False, FLIP_SUFFIX: True} if flip else {"": False}
     progress_path = root / "progress.json"
-    start = 0
+    start, arrays, layout = 0, None, None
     if progress_path.exists():
         saved = json.loads(progress_path.read_text())
-        same = saved.get("key") == key.__dict__ and saved.get("flip", False) == flip
-        start = saved["done"] if same else 0
-    arrays = {
-        name + suffix: np.lib.format.open_memmap(
-            root / f"{name}{suffix}.npy",
-            mode="r+" if start else "w+",
-            dtype=dtype,
-            shape=(n, *shape),
-        )  # fmt: skip
-        for name, shape in shapes.items()
-        for suffix in views
-    }
+        if saved.get("key") == key.__dict__ and saved.get("flip", False) == flip:
+            start, layout = saved["done"], saved["layout"]
+            arrays = _arrays(root, layout["shapes"], views, n, dtype, "r+")
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, range(start, n)),
         batch_size=batch_size,
@@ -305,12 +312,18 @@ def _build(
     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
         batch = batch.to(device)
         rows = batch.index.cpu().numpy()  # a replaced unreadable item writes its own row
-        for suffix, mirrored in views.items():
-            view = batch.teacher_view.flip(-1) if mirrored else batch.teacher_view
-            out = teacher.forward_features(view)
+        for suffix, mirrored in views.items():  # each image passes the teacher once per view
+            out = teacher.forward_features(
+                batch.teacher_view.flip(-1) if mirrored else batch.teacher_view
+            )
+            if layout is None:  # shapes from the first real batch: no extra probe pass
+                layout = _layout(out, fields, stages)
+                arrays = _arrays(root, layout["shapes"], views, n, dtype, "w+")
             values = {"embedding": out.embedding}
-            values.update({k: getattr(out, k) for k in ("pooled", "logits") if k in shapes})
-            values.update({f"stage{s}": out.stages[s] for s in stages})
+            values.update(
+                {k: getattr(out, k) for k in ("pooled", "logits") if k in layout["shapes"]}
+            )
+            values.update({f"stage{s}": out.stages[s] for s in layout["stages"]})
             for name, value in values.items():
                 stored = value.float().cpu().numpy().astype(dtype)
                 if not np.isfinite(stored).all():  # NaN teacher, or beyond float16's range
@@ -324,14 +337,15 @@ def _build(
         pos += len(batch)
         for a in arrays.values():
             a.flush()
-        progress_path.write_text(json.dumps({"key": key.__dict__, "flip": flip, "done": pos}))
+        state = {"key": key.__dict__, "flip": flip, "done": pos, "layout": layout}
+        progress_path.write_text(json.dumps(state))
     (root / "dataset.json").write_text(json.dumps(manifest))
     meta = {
         "format": FORMAT,
         "key": key.__dict__,
-        "fields": list(fields) + (["stages"] if stages else []),
-        "stages": list(stages),
-        "num_stages": len(out.stages),
+        "fields": list(fields) + (["stages"] if layout["stages"] else []),
+        "stages": layout["stages"],
+        "num_stages": layout["num_stages"],
         "arrays": list(arrays),
         "flip": flip,
         "count": n,

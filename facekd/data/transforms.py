@@ -57,8 +57,9 @@ class ImageDecodeError(ValueError):
 def incomplete_reason(buf: bytes) -> str | None:
     """Why encoded JPEG / PNG bytes are cut short, or ``None`` when they look complete.
 
-    OpenCV decodes a truncated JPEG without an error, filling the missing rows with grey; a
-    network copy or a full disk leaves such files behind. A JPEG is complete when an EOI marker
+    OpenCV 4 decodes a truncated JPEG without an error, filling the missing rows with grey
+    (OpenCV 5 refuses it); an interrupted copy or a full disk leaves such files behind. Checked
+    here so the outcome does not depend on the OpenCV build. A JPEG is complete when an EOI marker
     (FF D9) follows its last start-of-scan (FF DA): inside entropy-coded data FF is always
     stuffed (FF 00) or a restart marker, and an EXIF thumbnail's EOI comes before the main scan.
     A PNG is complete when it ends with its IEND chunk. Other formats are left to the decoder.
