@@ -47,6 +47,7 @@ from facekd import dist
 from facekd.data.batching import collate_batch
 from facekd.data.manifest import dataset_manifest, manifest_diff, manifest_fingerprint
 from facekd.data.robust import ReplaceUnreadable
+from facekd.runtime import tune_cpu, worker_init
 from facekd.types import ModelOutput
 
 FORMAT = "facekd.teacher_cache/2"
@@ -288,6 +289,7 @@ def _build(
         raise ValueError(
             f"cache fields must include 'embedding' and may add 'pooled', 'logits'; got {fields}"
         )
+    tune_cpu()
     root.mkdir(parents=True, exist_ok=True)
     teacher = teacher.to(device).eval()
     dataset = ReplaceUnreadable(dataset, report=root / "unreadable.txt")
@@ -307,6 +309,7 @@ def _build(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_batch,
+        worker_init_fn=worker_init,
     )
     pos = start
     for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):

@@ -41,6 +41,7 @@ from facekd.data.batching import collate_batch
 from facekd.data.robust import ReplaceUnreadable
 from facekd.models.checkpoints import FORMAT as BACKBONE_FORMAT
 from facekd.models.checkpoints import atomic_save
+from facekd.runtime import tune_cpu, worker_init
 from facekd.train_settings import TrainSettings, build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ class Trainer:
         num_workers: int = 0,
         device: torch.device | str | None = None,
     ) -> None:
+        tune_cpu()  # allocator + threads (facekd.runtime; FACEKD_CPU_TUNING=0 turns it off)
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.device = torch.device(device) if device is not None else dist.init_from_env()
@@ -233,6 +235,7 @@ class Trainer:
             num_workers=num_workers,
             collate_fn=collate_batch,
             persistent_workers=False,
+            worker_init_fn=worker_init,  # one thread per decoding worker, no OpenCV pool
         )
         self.evaluate = evaluate
         self.config = config or {}
