@@ -30,6 +30,7 @@ instead of ``W x cores`` threads fighting the main process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -149,6 +150,24 @@ def tune_cpu() -> RuntimeReport:
         _REPORT = RuntimeReport(True, allocator, f"{threads} ({why}; was {before})")
     log.info(_REPORT.summary())
     return _REPORT
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch intra-op threads, then restore the count.
+
+    For per-item work in the main process (decoding, ``to_tensor`` of one face): on a busy
+    2-CPU machine, converting 1,024 single 112 px crops took 4.9 s with 2 threads (every
+    37k-element op forks and joins the pool) and 0.36 s with 1.
+    """
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def worker_init(worker_id: int = 0) -> None:

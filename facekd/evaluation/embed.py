@@ -22,6 +22,7 @@ honoured by chunking and padding).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from facekd.data.transforms import flip as hflip
 from facekd.data.transforms import read_rgb, resize, to_tensor
-from facekd.runtime import tune_cpu, worker_init
+from facekd.runtime import torch_threads, tune_cpu, worker_init
 
 Runner = Callable[[Tensor], np.ndarray]  # (B, 3, H, W) float32 -> (B, D)
 
@@ -235,6 +236,18 @@ def _backend(model, device, channels_last: bool | None, bf16: bool):
     )
 
 
+def _single_threaded(batches, apply: bool):
+    """Yield from ``batches``, producing each one with a single torch thread when ``apply``
+    (in-process per-face preprocessing: ``runtime.torch_threads``); the forward keeps all."""
+    it = iter(batches)
+    while True:
+        with torch_threads(1) if apply else contextlib.nullcontext():
+            x = next(it, None)
+        if x is None:
+            return
+        yield x
+
+
 def extract_embeddings(
     model,
     images: Sequence | Tensor | np.ndarray,
@@ -305,7 +318,7 @@ def extract_embeddings(
                 pin_memory=device is not None and torch.device(device).type == "cuda",
             )
         with tqdm(total=len(images), desc="embed", unit="img", disable=not progress) as bar:
-            for x in batches:
+            for x in _single_threaded(batches, num_workers == 0):
                 x = x.float()
                 both = run(torch.cat([x, hflip(x)]) if flip else x).astype(np.float64)
                 emb = both[: len(x)] + both[len(x) :] if flip else both
