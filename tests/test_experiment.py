@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
+import pytest
 import torch
 
 from facekd.config import ExperimentConfig, load_config
-from facekd.experiment import build_trainer
+from facekd.experiment import build_evaluator, build_trainer
 from facekd.models.checkpoints import load_backbone
 
 TINY = [
@@ -108,19 +110,42 @@ def test_kt_initialised_low_resolution_student(tmp_path):
     assert torch.equal(distiller.student.fc.weight, teacher.fc.weight), "gap head copies directly"
 
 
+@pytest.mark.slow
 def test_training_reports_verification_on_held_out_synthetic_people(tmp_path):
+    """The logged verification is the trained student's, and training lifts it clearly above
+    the same network untrained. Measured with this config (seed 0, 100 held-out pairs):
+    untrained accuracy 0.69 / AUC 0.754, after 40 steps 0.78 / 0.898; with the optimizer step
+    disabled the run ends at 0.67 / 0.651. The margins asked are about half the AUC gain and a
+    third of the accuracy gain."""
     cfg = load_config(
         ExperimentConfig,
         None,
         [
-            *TINY,
+            "data.identities=16",
+            "data.images_per_identity=8",
+            "data.image_size=32",
+            "data.batch_size=32",
+            "data.workers=0",
+            "train.steps=40",
+            "train.warmup_steps=4",
+            "train.clip_grad_norm=5",
+            "train.progress=false",
+            "train.log_every=20",
             f"out_dir={tmp_path}",
             "student.kwargs={width: 0.25}",
-            "eval.synthetic_pairs=20",
-            "train.eval_every=1",
+            "eval.synthetic_pairs=100",
+            "train.eval_every=40",
         ],
     )
-    history = build_trainer(cfg).fit()
+    trainer = build_trainer(cfg)
+    evaluate = build_evaluator(cfg)
+    untrained = evaluate(copy.deepcopy(trainer.distiller.student).eval())
+    history = trainer.fit()
     evals = [r for r in history if "eval/synthetic/acc" in r]
-    assert len(evals) >= 2  # after step 1 and at the end
-    assert all(0.0 <= r["eval/synthetic/acc"] <= 1.0 for r in evals)
+    assert [r["step"] for r in evals] == [40]
+    final = evals[-1]
+    # the logged numbers describe the saved student, not another set of weights
+    saved = evaluate(load_backbone(tmp_path / "student.pt").eval())
+    assert final["eval/synthetic/auc"] == pytest.approx(saved["synthetic/auc"], abs=1e-6)
+    assert final["eval/synthetic/auc"] >= untrained["synthetic/auc"] + 0.07, (untrained, final)
+    assert final["eval/synthetic/acc"] >= untrained["synthetic/acc"] + 0.03, (untrained, final)
