@@ -10,6 +10,7 @@ from facekd.export import ExportError, export_onnx
 from facekd.losses import LOSSES, build_loss
 from facekd.models import BACKBONES, HEADS, build_backbone, build_head
 from facekd.models.checkpoints import CheckpointError, load_backbone, save_backbone
+from facekd.models.onnx_import import OnnxImportError, import_onnx
 from facekd.train import Trainer
 from facekd.types import Batch, ModelOutput
 
@@ -25,6 +26,7 @@ __all__ = [
     "ExportError",
     "FaceModel",
     "ModelOutput",
+    "OnnxImportError",
     "Trainer",
     "build_backbone",
     "build_head",
@@ -33,6 +35,7 @@ __all__ = [
     "evaluate_ijb",
     "export_onnx",
     "extract_embeddings",
+    "import_onnx",
     "load",
     "load_backbone",
     "save_backbone",

@@ -320,6 +320,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_onnx(p: argparse.ArgumentParser) -> None:
+    p.add_argument("onnx", help="an InsightFace-family MobileFaceNet .onnx (e.g. w600k_mbf.onnx)")
+    p.add_argument("--out", required=True, help="the facekd backbone file (.pt) to write")
+    p.add_argument("--channels", choices=("rgb", "bgr"), help="the graph's channel order")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
+
+
+def cmd_import_onnx(args: argparse.Namespace) -> int:
+    """Turn an ONNX MobileFaceNet into a trainable facekd backbone (checked in onnxruntime)."""
+    from facekd.models.checkpoints import save_backbone
+    from facekd.models.onnx_import import import_onnx
+
+    if not Path(args.onnx).is_file():
+        raise UsageError(f"{args.onnx} does not exist")
+    try:
+        model = import_onnx(args.onnx, channels=args.channels, verify=not args.no_verify)
+    except ValueError as err:  # OnnxImportError: the message names the node that does not fit
+        raise UsageError(str(err)) from None
+    save_backbone(model, args.out)
+    info = model.import_info
+    par = info.get("parity")
+    check = (
+        f"onnxruntime vs torch min cosine: batch 1 {par['batch_1']['min_cosine']:.7f}, "
+        f"batch 7 {par['batch_7']['min_cosine']:.7f}"
+        if par
+        else "not checked against onnxruntime"
+    )
+    params = sum(t.numel() for t in model.parameters())
+    print(
+        f"wrote {args.out}: {model.arch} {model.arch_kwargs}, {params / 1e6:.2f}M parameters, "
+        f"input {model.input_size}px {info['input']['channels'].upper()} (graph expects "
+        f"(x - {info['input']['mean'][0]:g}) / {info['input']['std'][0]:g}: "
+        f"{info['input']['source']}); {check}"
+    )
+    return 0
+
+
 def _add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="folder of raw photos (or aligned crops with --aligned)")
     p.add_argument("--model", required=True, help="checkpoint, legacy MXNet folder or .onnx")
@@ -447,6 +484,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..
     "cache-teacher": (_add_train, cmd_cache_teacher),
     "select-neurons": (_add_select, cmd_select_neurons),
     "export": (_add_export, cmd_export),
+    "import-onnx": (_add_import_onnx, cmd_import_onnx),
     "embed": (_add_embed, cmd_embed),
     "verify": (_add_verify, cmd_verify),
 }

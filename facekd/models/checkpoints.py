@@ -11,7 +11,9 @@ key. Accepted inputs:
   ``module.`` / ``backbone.`` / ``_orig_mod.`` prefixes stripped; the architecture is inferred
   from the keys and shapes when ``arch`` is not given;
 * a TorchScript archive (its state dict is used);
-* a legacy InsightFace MXNet model (``model-symbol.json`` + ``model-0000.params``).
+* a legacy InsightFace MXNet model (``model-symbol.json`` + ``model-0000.params``);
+* an ONNX MobileFaceNet of the InsightFace family (``facekd.models.onnx_import``; keywords are
+  ``import_onnx``'s: ``mean``, ``std``, ``channels``, ``verify``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def save_backbone(model: FaceBackbone, path: str | os.PathLike) -> Path:
         "arch_kwargs": dict(model.arch_kwargs),
         "state_dict": model.state_dict(),
     }
+    if getattr(model, "import_info", None):  # where imported weights came from (ONNX)
+        payload["import_info"] = dict(model.import_info)
     return atomic_save(payload, path)
 
 
@@ -226,11 +230,14 @@ def load_backbone(
         from facekd.models.mxnet_legacy import load_mxnet_legacy
 
         return load_mxnet_legacy(text)
-    if path.suffix == ".onnx":
-        raise CheckpointError(
-            f"{path} is an ONNX model; it can serve as a teacher, not be loaded here"
-        )
-    state_dict, recorded_arch, recorded_kwargs = _extract_state_dict(_read_torch_file(path), path)
+    if path.suffix == ".onnx":  # InsightFace-family MobileFaceNets become real modules
+        from facekd.models.onnx_import import import_onnx
+
+        if arch is not None:
+            raise CheckpointError(f"{path}: an ONNX graph's architecture is read from it")
+        return import_onnx(path, **arch_kwargs)
+    obj = _read_torch_file(path)
+    state_dict, recorded_arch, recorded_kwargs = _extract_state_dict(obj, path)
     state_dict = strip_prefixes(state_dict)
     if arch is None:
         arch, recorded_kwargs = (
@@ -241,4 +248,6 @@ def load_backbone(
     model = build_backbone(arch, **{**recorded_kwargs, **arch_kwargs})
     check_compatible(model, state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("import_info"), Mapping):
+        model.import_info = dict(obj["import_info"])
     return model.eval()

@@ -22,6 +22,12 @@ expansion widths 128/256/512 of the paper, times ``w``, *not* times ``s``, as in
     features (GDC): 7x7 depthwise linear conv + BN, flatten, Linear(512, D, no bias), BN1d
 
 The GDC kernel equals the last map's side: ceil(input_size / 16) (7 at 112, 4 at 56, 2 at 32).
+
+Two variants seen in released ONNX files (``facekd.models.onnx_import`` recognises them):
+``stem_groups`` (default ``gcd(64s, 64)``: insightface's ``groups=64``; Espressif's ``mbf`` is
+depthwise, 128) and ``head="fc"`` (Espressif's ``mbf``): ``features.conv`` 1x1 ConvBlock to
+``head_channels`` (64), flatten, ``features.fc`` Linear(``head_channels * s * s``, D, no bias),
+``features.bn`` BatchNorm1d: 1.6M of its 3.4M parameters, sized for the input resolution.
 """
 
 from __future__ import annotations
@@ -105,6 +111,23 @@ class GDC(nn.Module):
         return self.layers(x)
 
 
+class FCHead(nn.Module):
+    """``head="fc"``: 1x1 ConvBlock to ``head_channels``, flatten, Linear, BatchNorm1d."""
+
+    def __init__(self, channels: int, head_channels: int, side: int, num_features: int) -> None:
+        super().__init__()
+        self.conv = ConvBlock(channels, head_channels, 1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(head_channels * side * side, num_features, bias=False)
+        self.bn = nn.BatchNorm1d(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.fc(self.flatten(self.conv(x))))  # (B, C*s*s) -> (B, D)
+
+
+HEADS = ("gdc", "fc")
+
+
 class MobileFaceNet(FaceBackbone):
     """MobileFaceNet backbone.
 
@@ -115,6 +138,10 @@ class MobileFaceNet(FaceBackbone):
         scale: channel scale of the outer widths (arcface_torch ``mbf``: 2; paper: 1).
         width: multiplier on every channel count (1.0 = paper / insightface widths).
         input_size: square input side (112; 56 and 32 for low-resolution students).
+        stem_groups: groups of the second stem conv (``layers[1]`` when ``blocks[0] == 1``);
+            default ``gcd(64s, 64)`` as insightface.
+        head: ``"gdc"`` (default, arcface_torch) or ``"fc"`` (module docstring).
+        head_channels: the ``"fc"`` head's 1x1 reduction width.
     """
 
     def __init__(
@@ -124,8 +151,13 @@ class MobileFaceNet(FaceBackbone):
         scale: int = 1,
         width: float = 1.0,
         input_size: int = 112,
+        stem_groups: int | None = None,
+        head: str = "gdc",
+        head_channels: int = 64,
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"MobileFaceNet head must be one of {HEADS}, got {head!r}")
         if len(blocks) != 4 or any(b < 1 for b in blocks):
             raise ValueError(f"MobileFaceNet blocks must be four positive counts, got {blocks!r}")
         if scale < 1 or width <= 0:
@@ -137,7 +169,10 @@ class MobileFaceNet(FaceBackbone):
         c512 = _width(512, width)
         if blocks[0] == 1:
             # insightface keeps groups=64 at scale 2 (a grouped, not depthwise, conv)
-            stem2: nn.Module = ConvBlock(c64, c64, 3, 1, 1, groups=math.gcd(c64, g64))
+            groups = stem_groups or math.gcd(c64, g64)
+            if c64 % groups:
+                raise ValueError(f"stem_groups={groups} does not divide {c64} channels")
+            stem2: nn.Module = ConvBlock(c64, c64, 3, 1, 1, groups=groups)
         else:
             stem2 = Residual(c64, blocks[0], g128)
         self.layers = nn.ModuleList(
@@ -153,7 +188,11 @@ class MobileFaceNet(FaceBackbone):
             ]
         )
         self.conv_sep = ConvBlock(c128, c512, 1)
-        self.features = GDC(c512, stride2_size(input_size, 4), num_features)
+        side = stride2_size(input_size, 4)
+        if head == "gdc":
+            self.features: nn.Module = GDC(c512, side, num_features)
+        else:
+            self.features = FCHead(c512, head_channels, side, num_features)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -11,7 +11,10 @@ Only the layer that is sized for the last feature map's side ``s = ceil(input_si
 
 * iResNet ``head="fc"``: ``fc.weight`` is ``(D, C*s*s)``. ``head="gap"``: ``(D, C)``, i.e.
   ``s = 1``; a gap student of a gap teacher copies it directly.
-* MobileFaceNet: the GDC depthwise kernel ``features.layers.0.layers.0.weight`` ``(C, 1, s, s)``.
+* MobileFaceNet: the GDC depthwise kernel ``features.layers.0.layers.0.weight`` ``(C, 1, s, s)``;
+  with ``head="fc"`` (Espressif's ``mbf``, e.g. imported from ONNX) ``features.fc.weight``
+  ``(D, C*s*s)``, treated as iResNet's ``fc`` (re-initialised as the constructor does, or
+  resized).
 
 ``fc="reinit"`` (default): that layer is re-initialised as the model's constructor does
 (iResNet ``fc``: PyTorch's Linear init, weight and bias; GDC: Kaiming fan-out) and learnt at the
@@ -41,12 +44,24 @@ from torch import Tensor, nn
 from facekd.models import build_backbone
 from facekd.models.base import FaceBackbone
 from facekd.models.iresnet import IResNet
-from facekd.models.mobilefacenet import MobileFaceNet
+from facekd.models.mobilefacenet import FCHead, MobileFaceNet
 
 FC_MODES = ("reinit", "resize")
 #: the state-dict key of the one resolution-dependent weight of each architecture
 GDC_KEY = "features.layers.0.layers.0.weight"
+FC_HEAD_KEY = "features.fc.weight"
 RESOLUTION_KEYS = {IResNet: "fc.weight", MobileFaceNet: GDC_KEY}
+
+
+def _resolution_key(model: FaceBackbone) -> str | None:
+    if isinstance(model, MobileFaceNet) and isinstance(model.features, FCHead):
+        return FC_HEAD_KEY
+    return RESOLUTION_KEYS.get(type(model))
+
+
+def _flat_fc(model: FaceBackbone) -> bool:
+    """Whether the resolution-dependent weight is a Linear ``(D, C*s*s)``."""
+    return isinstance(model, IResNet) or _resolution_key(model) == FC_HEAD_KEY
 
 
 class TransferError(ValueError):
@@ -81,8 +96,11 @@ def resample_spatial(weight: Tensor, size: int) -> Tensor:
 
 def _spatial_view(model: FaceBackbone, w: Tensor) -> Tensor:
     """The resolution-dependent weight as ``(N, C, s, s)``."""
-    if isinstance(model, IResNet):
-        c = model.bn2.num_features
+    if _flat_fc(model):
+        if isinstance(model, IResNet):
+            c = model.bn2.num_features
+        else:
+            c = model.features.conv.layers[0].out_channels
         side = math.isqrt(w.shape[1] // c)
         return w.reshape(w.shape[0], c, side, side)  # (D, C*s*s) -> (D, C, s, s)
     return w  # GDC: already (C, 1, s, s)
@@ -93,6 +111,9 @@ def _reinit(model: FaceBackbone) -> list[str]:
     if isinstance(model, IResNet):
         model.fc.reset_parameters()
         return ["fc.weight", "fc.bias"]
+    if _resolution_key(model) == FC_HEAD_KEY:  # bias-free Linear, Kaiming as constructed
+        nn.init.kaiming_normal_(model.features.fc.weight, mode="fan_out", nonlinearity="relu")
+        return [FC_HEAD_KEY]
     conv = model.features.layers[0].layers[0]
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return [GDC_KEY]
@@ -140,7 +161,7 @@ def knowledge_transfer(
     if fc not in FC_MODES:
         raise ValueError(f"unknown fc mode {fc!r}; valid: {FC_MODES}")
     arch_s, arch_t = getattr(student, "arch", ""), getattr(teacher, "arch", "")
-    key = RESOLUTION_KEYS.get(type(student))
+    key = _resolution_key(student)
     s_sd, t_sd = student.state_dict(), teacher.state_dict()
     missing = [k for k in s_sd if k not in t_sd]
     unexpected = [k for k in t_sd if k not in s_sd]
