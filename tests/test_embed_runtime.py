@@ -186,3 +186,52 @@ def test_cli_bf16_flags_parse():
     args = p.parse_args(["verify", "a.jpg", "b.jpg", "--model", "m", "--bf16"])
     assert args.bf16
     assert p.parse_args(["embed", "src", "--model", "m", "--out", "o.npz", "--bf16"]).bf16
+
+
+class _Recording(list):
+    """Crops that record torch's thread count whenever one is read."""
+
+    seen: list[int]
+
+    def __getitem__(self, i):
+        self.seen.append(torch.get_num_threads())
+        return super().__getitem__(i)
+
+
+class _ThreadProbe(Plain):
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_preprocessing_single_threaded_forward_not(monkeypatch):
+    monkeypatch.setattr(embed_mod, "tune_cpu", lambda: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        crops = _Recording(_faces(3, 16))
+        crops.seen = []
+        model = _ThreadProbe()
+        model.seen = []
+        extract_embeddings(model, crops, batch_size=2, progress=False)
+        assert crops.seen and set(crops.seen) == {1}
+        assert model.seen and set(model.seen) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_profile_measures_on_the_tuned_runtime(monkeypatch):
+    from facekd.evaluation import profile
+
+    calls = []
+    monkeypatch.setattr(
+        profile, "tune_cpu", lambda: calls.append(1) or runtime.RuntimeReport(True, "a", "b")
+    )
+    tiny = build_backbone("mobilefacenet", **TINY_KWARGS["mobilefacenet"])
+    budget = profile.TimingBudget(warmup=1, runs=1, min_runs=1)
+    rep = profile.compare(
+        tiny, tiny, batch_sizes=(1,), precisions=("fp32",), budget=budget, progress=False
+    )
+    assert calls == [1]
+    assert rep.environment["runtime"] == "facekd CPU tuning: allocator a; torch threads b"

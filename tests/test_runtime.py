@@ -172,3 +172,17 @@ def test_worker_init_one_thread_no_opencv_pool():
         torch_threads, cv_threads = item[0].tolist()
         assert torch_threads == 1
         assert cv_threads <= 1  # setNumThreads(0): OpenCV runs sequentially
+
+
+def test_torch_threads_restores_even_on_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with runtime.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), runtime.torch_threads(1):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,9 @@ Definitions used in every report:
   so that machine noise hits both.
 
 The caller's models are never modified: the profiler works on a deep copy (``eval()``, device,
-memory format), and owns threads, autocast and ``inference_mode`` itself.
+memory format), and owns threads, autocast and ``inference_mode`` itself. It measures on the
+tuned CPU runtime of facekd's own paths (``facekd.runtime.tune_cpu``: allocator, threads; its
+summary is recorded as ``environment["runtime"]``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
+
+from facekd.runtime import tune_cpu
 
 #: "fp32": eager, contiguous; "bf16": channels_last + bf16 autocast
 PRECISIONS = ("fp32", "bf16")
@@ -335,6 +339,7 @@ def _profile(entries, batch_sizes, precisions, budget, threads, device, progress
         raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
     if not precisions or set(precisions) - set(PRECISIONS):
         raise ValueError(f"precisions must be among {PRECISIONS}, got {precisions!r}")
+    runtime = tune_cpu().summary()  # the allocator and threads facekd's own paths run with
     threads, load_before = threads or torch.get_num_threads(), _load()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -366,7 +371,8 @@ def _profile(entries, batch_sizes, precisions, budget, threads, device, progress
         bar.close()
     finally:
         torch.set_num_threads(old_threads)
-    return profiles, {**environment(threads, device), "load_before": load_before}
+    env = environment(threads, device)
+    return profiles, {**env, "load_before": load_before, "runtime": runtime}
 
 
 def _static(name: str, model: nn.Module, size: int, device: torch.device) -> ModelProfile:
