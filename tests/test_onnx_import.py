@@ -15,7 +15,7 @@ from torch import nn
 from facekd import cli
 from facekd.export import export_onnx
 from facekd.models import build_backbone
-from facekd.models.checkpoints import load_backbone, save_backbone
+from facekd.models.checkpoints import CheckpointError, load_backbone, save_backbone
 from facekd.models.onnx_import import OnnxImportError, import_onnx
 from facekd.teachers import ALL_OUTPUTS, build_teacher, teacher_provides
 from tests.conftest import shared_path, sine_state_dict
@@ -265,6 +265,9 @@ def test_cli_import_onnx(own_exports, tmp_path, capsys):
     assert cli.main(["import-onnx", str(path), "--out", str(out)]) == 0
     assert "min cosine" in capsys.readouterr().out
     assert load_backbone(out).arch == "mbf"
+    assert load_backbone(path, input_size=32).input_size == 32
+    with pytest.raises(CheckpointError, match="student.init: kt"):
+        load_backbone(path, input_size=16)
     bad = tmp_path / "iresnet.onnx"
     _export_module(_tiny("iresnet18", width=0.125, input_size=32), bad)
     assert cli.main(["import-onnx", str(bad), "--out", str(tmp_path / "x.pt")]) == 2

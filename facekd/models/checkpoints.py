@@ -235,7 +235,14 @@ def load_backbone(
 
         if arch is not None:
             raise CheckpointError(f"{path}: an ONNX graph's architecture is read from it")
-        return import_onnx(path, **arch_kwargs)
+        size = arch_kwargs.pop("input_size", None)
+        model = import_onnx(path, **arch_kwargs)
+        if size is not None and size != model.input_size:
+            raise CheckpointError(
+                f"{path} is a {model.input_size}px model; for {size}px initialise a student "
+                "from it (student.init: kt, facekd.models.transfer.build_kt_student)"
+            )
+        return model
     obj = _read_torch_file(path)
     state_dict, recorded_arch, recorded_kwargs = _extract_state_dict(obj, path)
     state_dict = strip_prefixes(state_dict)
