@@ -196,11 +196,12 @@ def select_neurons(work: Path, cfg) -> None:
 def build_cache(work: Path, quick: bool) -> None:
     """The teacher cache every distillation run reads (what ``facekd cache-teacher`` does)."""
     from facekd.config import ExperimentConfig, from_dict
-    from facekd.experiment import build_dataset, build_distiller
+    from facekd.experiment import build_distiller, training_dataset
 
     cfg = from_dict(ExperimentConfig, method_config("embedding", work, quick))
     t0 = time.perf_counter()
-    build_distiller(cfg, build_dataset(cfg, None))
+    # the training transform decides what is cached (its flip: the mirrored views too)
+    build_distiller(cfg, training_dataset(cfg))
     print(f"teacher cache ready in {time.perf_counter() - t0:.1f} s: {cfg.teacher.cache}")
 
 

@@ -76,6 +76,7 @@ def write_real_report(
         models[m] = (load_backbone(str(work / "students" / m / "student.pt")), LABELS[m])
     common = yaml.safe_load((CONFIGS / "common.yaml").read_text())
     student = common["student"]["kwargs"]
+    dim = models[methods[0]][0].num_features if methods else "?"  # as trained, not as typed
     n_train = sum(1 for _ in (work / "train_aligned").rglob("*.jpg"))
     n_ids = sum(1 for d in (work / "train_aligned").iterdir() if d.is_dir())
     steps = steps or common["train"]["steps"]
@@ -90,7 +91,7 @@ def write_real_report(
         "(MTCNN + ArcFace 5-point template, 112 px); every student trains "
         f"{steps} steps of batch {batch} (same schedule), from "
         "scratch or distilled from the cached teacher.",
-        f"Student: MobileFaceNet width {student['width']}, {student['num_features']}-d "
+        f"Student: MobileFaceNet width {student['width']}, {dim}-d "
         f"embedding, input {common['data']['student_size']} px (the teacher sees the same "
         "faces at 112 px).",
         "Verification: LFW-mini (official folds 1-2), CFP-FF / CFP-FP-mini (folds 01-02), "
