@@ -97,8 +97,10 @@ def _check_tensor(x: Tensor, size: int | None, degrade_to: int | None) -> None:
 
 
 #: architectures (``model.arch`` prefixes) that embed faster as a channels-last inference copy
-#: on CPU, measured by ``benchmarks/bench_cpu_speed.py`` (fp32, oneDNN, flip-sum, batch 64)
-CHANNELS_LAST_CPU = ("mobilefacenet", "mbf", "iresnet")
+#: on CPU, measured by ``benchmarks/bench_cpu_speed.py`` (fp32, oneDNN, flip-sum, batch 64):
+#: MobileFaceNet 1.5-2x, MBF about 1.3x; iResNet-50 no faster (its BNs mostly precede the
+#: convolutions, so little folds), so iResNets run as given
+CHANNELS_LAST_CPU = ("mobilefacenet", "mbf")
 
 
 def prefers_channels_last(module: nn.Module, device: str | torch.device | None = None) -> bool:
@@ -275,7 +277,7 @@ def extract_embeddings(
         channels_last: torch only: run an ``inference_copy`` of the module, BatchNorm folded
             into the convolutions and channels-last memory (fp32; embeddings equal up to
             float rounding). Default None: on where measured faster (``prefers_channels_last``:
-            facekd's MobileFaceNet / MBF / iResNet on CPU). False: the module as given.
+            facekd's MobileFaceNet / MBF on CPU). False: the module as given.
         bf16: torch only: bf16 autocast on ``device``'s type (explicit; about 2x faster on
             CPUs with native bf16, a small accuracy change: see README). Default off.
         num_workers: DataLoader workers for decoding / resizing (``runtime.worker_init``:
