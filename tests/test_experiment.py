@@ -147,5 +147,9 @@ def test_training_reports_verification_on_held_out_synthetic_people(tmp_path):
     # the logged numbers describe the saved student, not another set of weights
     saved = evaluate(load_backbone(tmp_path / "student.pt").eval())
     assert final["eval/synthetic/auc"] == pytest.approx(saved["synthetic/auc"], abs=1e-6)
+    # acc is insightface's grid search, acc_exact the exact one (both logged, both recomputable)
+    assert final["eval/synthetic/acc"] == pytest.approx(saved["synthetic/acc"], abs=1e-9)
+    exact = saved["synthetic/acc_exact"]
+    assert final["eval/synthetic/acc_exact"] == pytest.approx(exact, abs=1e-9)
     assert final["eval/synthetic/auc"] >= untrained["synthetic/auc"] + 0.07, (untrained, final)
     assert final["eval/synthetic/acc"] >= untrained["synthetic/acc"] + 0.03, (untrained, final)
