@@ -86,12 +86,14 @@ class _Cursor:
 
     def next_node(self, skip_add: bool = True) -> Node | None:
         nodes = [n for n in self.g.consumers(self.t) if not (skip_add and n.op == "Add")]
-        return nodes[0] if len(nodes) == 1 else (None if not nodes else nodes[0])
+        if len(nodes) > 1:  # the family is one path (plus residual Adds)
+            raise _fail(nodes[1], f"one path: {nodes[0].describe()} reads the same tensor")
+        return nodes[0] if nodes else None
 
     def has_residual(self) -> bool:
         return any(n.op == "Add" for n in self.g.consumers(self.t))
 
-    def _bn(self, node: Node) -> tuple | None:
+    def _bn(self, node: Node) -> tuple:
         params = [self.g.const(x) for x in node.inputs[1:5]]
         if any(p is None for p in params):
             raise _fail(node, "BatchNormalization with constant parameters")
@@ -100,7 +102,8 @@ class _Cursor:
     def conv(self, what: str, act: bool, kernel: int, stride: int, groups: str = "one") -> ConvUnit:
         """One conv unit; ``groups``: ``"one"``, ``"depthwise"`` or ``"any"``."""
         node = self.next_node()
-        w = self.g.const(node.inputs[1]) if node is not None and node.op == "Conv" else None
+        is_conv = node is not None and node.op == "Conv" and node.inputs[0] == self.t
+        w = self.g.const(node.inputs[1]) if is_conv else None
         if w is None or w.ndim != 4:
             raise _fail(node, f"{what}: a Conv with constant weights")
         g = int(node.attrs.get("group", 1))
@@ -143,7 +146,6 @@ class _Cursor:
 
     def bottleneck(self, what: str, stride: int, residual: bool) -> list[ConvUnit]:
         start = self.t
-        c_in = None
         units = [self.conv(f"{what}: 1x1 expansion", True, 1, 1)]
         c_in = units[0].weight.shape[1]
         units.append(
