@@ -255,7 +255,6 @@ def cmd_align(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             retry_failed=args.retry_failed,
-            bf16=args.bf16,
         )
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
