@@ -72,10 +72,13 @@ def fill(value, **paths):
     return value.format(**paths) if isinstance(value, str) else value
 
 
-def method_config(method: str, work: Path, quick: bool, steps: int | None = None) -> dict:
-    """``common.yaml`` + ``<method>.yaml`` with paths filled in (and shrunk for ``--quick``)."""
-    common = yaml.safe_load((CONFIGS / "common.yaml").read_text())
-    own = yaml.safe_load((CONFIGS / f"{method}.yaml").read_text()) or {}
+def method_config(
+    method: str, work: Path, quick: bool, steps: int | None = None, configs: Path = CONFIGS
+) -> dict:
+    """``common.yaml`` + ``<method>.yaml`` of ``configs`` with paths filled in (and shrunk for
+    ``--quick``); ``benchmarks/bench_karlekar.py`` passes its own folder."""
+    common = yaml.safe_load((configs / "common.yaml").read_text())
+    own = yaml.safe_load((configs / f"{method}.yaml").read_text()) or {}
     cfg = fill(merge(common, own), work=str(work), teacher=str(TEACHER))
     cfg["out_dir"] = str(work / "students" / method)
     if steps:
