@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_karlekar  # noqa: E402
-import karlekar_report as kr  # noqa: E402
+import karlekar_eval as kr  # noqa: E402
 
 
 def test_pair_decisions_are_verify_s_per_fold_judgements():
