@@ -38,7 +38,7 @@ def _key(base: str, search: str) -> str:
     return base if search == SEARCHES[0] else f"{base}_{search}"
 
 
-def _verify_set(model, ps, degrade_to, channels_last=False) -> dict[str, VerificationResult]:
+def _verify_set(model, ps, degrade_to, channels_last=None) -> dict[str, VerificationResult]:
     """``{search: result}`` for every threshold search, on one extraction of the embeddings."""
     emb = extract_embeddings(
         model, ps.images, degrade_to=degrade_to, channels_last=channels_last, progress=False
@@ -84,15 +84,16 @@ def run_benchmark(
     notes: Sequence[str] = (),
     extra_columns: Sequence[tuple[str, str]] = (),
     extra_rows: dict[str, dict] | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> Path:
     """Evaluate and profile ``models`` = {name: (backbone, description)}; returns report.md.
 
     ``pair_sets``: ``facekd.data.verification.PairSet`` objects of aligned crops (``.bin``).
     ``ijb``: optional (root, "IJBC" | "IJBB"). ``extra_rows``: per-model values to show too.
-    ``channels_last``: embed in channels-last memory layout (same fp32 arithmetic, ~1.7x
-    faster for MobileFaceNet on CPU; accuracies equal to the default layout's within float
-    rounding).
+    ``channels_last``: embed in channels-last memory layout (same fp32 arithmetic; accuracies
+    equal to the default layout's within float rounding); ``None`` (default) takes
+    ``extract_embeddings``' measured per-architecture choice (on for MobileFaceNet / MBF on
+    CPU, where it is ~1.6x faster; off for iResNet, where it is not).
     """
     if teacher not in models:
         raise ValueError(f"the teacher {teacher!r} must be one of the models {list(models)}")
