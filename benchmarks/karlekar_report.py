@@ -135,12 +135,31 @@ def verdict_lines(lines: list[dict], tests: list[dict], names) -> list[str]:
         seeds_won = sum(x > 0 for x in t["delta_points_per_seed"])
         sig = sum(m["p"] < 0.05 for m in t["mcnemar_per_seed"])
         st = t["sign_test"]
-        word = "better than" if d > 0 else "worse than" if d < 0 else "equal to"
+        word = "above" if d > 0 else "below" if d < 0 else "level with"
         out.append(
-            f"**{a} vs {b}, {s}**: {a} is {word} {b} by {d:+.2f} points (mean over seeds); "
+            f"**{a} vs {b}, {s}**: {a} is {word} {b}, {d:+.2f} points (mean over seeds); "
             f"ahead in {seeds_won} of {len(t['delta_points_per_seed'])} seeds; McNemar p < 0.05 "
             f"in {sig} of {len(t['mcnemar_per_seed'])} seeds; sign test over pairs: "
             f"{st['a_better']} pairs favour {a}, {st['b_better']} favour {b}, p = {_p(st['p'])}."
+        )
+    return out
+
+
+def decomposition_lines(lines: list[dict], names) -> list[str]:
+    """Where kt_pooled's lead over scratch comes from: the KT start (kt_arcface - scratch) and
+    the pooled term on top (kt_pooled - kt_arcface); and how far it stays from the teacher."""
+    by = {r["row"]: r for r in lines}
+    out = []
+    for s in names:
+        kt = 100 * (by["kt_arcface"][f"{s}_mean"] - by["scratch"][f"{s}_mean"])
+        pool = 100 * (by["kt_pooled"][f"{s}_mean"] - by["kt_arcface"][f"{s}_mean"])
+        gap = 100 * (by["teacher@56"][f"{s}_mean"] - by["kt_pooled"][f"{s}_mean"])
+        rec = 100 * (by["kt_pooled"][f"{s}_mean"] - by["kt_init"][f"{s}_mean"])
+        out.append(
+            f"**{s}**: of kt_pooled's {kt + pool:+.2f} points over scratch, knowledge transfer "
+            f"(kt_arcface - scratch) gives {kt:+.2f} and the pooled term on top (kt_pooled - "
+            f"kt_arcface) {pool:+.2f}; training moved the KT start by {rec:+.2f}; kt_pooled "
+            f"stays {gap:.2f} points below the teacher fed the same 56-px faces."
         )
     return out
 
@@ -281,6 +300,8 @@ def write_karlekar_report(
             + f" | {by_seed} | {st['a_better']} / {st['b_better']}, {_p(st['p'])} |"
         )
     md.append("\n" + "\n".join(f"- {v}" for v in verdict_lines(lines, tests, names)) + "\n")
+    md.append("Where the gain comes from (means over seeds):\n")
+    md.append("\n".join(f"- {v}" for v in decomposition_lines(lines, names)) + "\n")
     md += [
         "## Cost (the same for every 56-px row)\n",
         "| model | params | GFLOPs | eager fp32 b1 ms | eager fp32 b64 ms | onnxruntime b1 ms "
@@ -353,6 +374,7 @@ def write_karlekar_report(
         "batch": data["batch_size"],
         "lr": lrs,
         "verdicts": verdict_lines(lines, tests, names),
+        "decomposition": decomposition_lines(lines, names),
         "command": command,
         "wall_seconds": round(wall, 1),
         "quick": quick,
