@@ -21,8 +21,11 @@ def test_registered_loss_trains_the_student_and_never_the_teacher(name):
     torch.manual_seed(0)
     teacher = build_backbone("iresnet18", width=0.125, input_size=32, num_features=128).eval()
     teacher_head = build_head("arcface", num_classes=4, embedding_size=128)
-    student = build_backbone("mobilefacenet", width=0.25, input_size=32).train()
     loss = build_loss(name, **REQUIRED_KWARGS.get(name, {}))
+    # the student a loss asks for (neuron selection: a K-wide embedding), as the builder does
+    student = build_backbone(
+        "mobilefacenet", width=0.25, input_size=32, **loss.student_kwargs()
+    ).train()
     distiller = Distiller(
         student,
         head=build_head("arcface", num_classes=4, embedding_size=student.num_features),
