@@ -49,10 +49,15 @@ ROWS = ("kt_pooled", "kt_arcface", "scratch")
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 
 
+def runs_dir(work: Path, steps: int | None) -> Path:
+    """Where the students train and the embeddings are cached: one folder per schedule."""
+    return work / ("karlekar" if steps is None else f"karlekar_steps{steps}")
+
+
 def row_config(row: str, seed: int, work: Path, quick: bool, steps: int | None) -> dict:
     """``common.yaml`` + ``<row>.yaml`` at ``seed`` (student start and batch order)."""
     cfg = real.method_config(row, work, quick, steps, configs=CONFIGS)
-    cfg["out_dir"] = str(work / "karlekar" / f"{row}_seed{seed}")
+    cfg["out_dir"] = str(runs_dir(work, steps) / f"{row}_seed{seed}")
     cfg["train"]["seed"] = seed
     cfg["data"]["seed"] = seed
     return cfg
@@ -101,7 +106,7 @@ def train_rows(rows, seeds, work: Path, students: Path, quick: bool, steps) -> d
     return times
 
 
-def embed_students(rows, seeds, work: Path, students: Path, sets) -> None:
+def embed_students(rows, seeds, runs: Path, students: Path, sets) -> None:
     """The report's embeddings of the saved students (cached; parallel jobs share the work)."""
     from karlekar_report import LOW, embed_sets
 
@@ -110,7 +115,7 @@ def embed_students(rows, seeds, work: Path, students: Path, sets) -> None:
     for seed in seeds:
         for row in rows:
             path = students / f"{row}_seed{seed}.pt"
-            emb = work / "karlekar" / "emb" / f"{row}_seed{seed}.npz"
+            emb = runs / "emb" / f"{row}_seed{seed}.npz"
             embed_sets(load_backbone(path), sets, LOW, emb, path)
 
 
@@ -148,12 +153,13 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     sets = real.prepare_eval_sets(work, args.quick)
     t_prep += time.perf_counter() - t1
-    embed_students(rows, seeds, work, students, sets)
+    runs = runs_dir(work, args.steps)
+    embed_students(rows, seeds, runs, students, sets)
     from karlekar_report import embed_sets, reference_models, write_karlekar_report
 
     if args.references:
         for name, (model, degrade) in reference_models().items():
-            embed_sets(model, sets, degrade, work / "karlekar" / "emb" / f"{name}.npz")
+            embed_sets(model, sets, degrade, runs / "emb" / f"{name}.npz")
     if args.no_report:
         return 0
 
@@ -163,7 +169,7 @@ def main(argv=None) -> int:
             command += f" --{flag} {getattr(args, flag)}"
     cfg = row_config("scratch", seeds[0], work, args.quick, args.steps)
     md = write_karlekar_report(
-        ROWS, seeds, work, students, sets, out, times, train_cfg=cfg, quick=args.quick,
+        ROWS, seeds, work, runs, students, sets, out, times, train_cfg=cfg, quick=args.quick,
         command=command, prep_seconds=t_prep, wall_start=t0,
     )  # fmt: skip
     print(md.read_text())

@@ -187,7 +187,7 @@ def cost(teacher, student, quick: bool) -> dict:
     return out
 
 
-def evaluate_all(rows, seeds, work: Path, students: Path, sets) -> tuple[dict, dict, dict]:
+def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, dict, dict]:
     """``(per_model, decisions, pooled)``: ``per_model[name][set]`` = grid / exact accuracy,
     fold std, TAR@1e-3; ``decisions[name][set]`` = per-pair correctness (grid);
     ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces."""
@@ -211,7 +211,7 @@ def evaluate_all(rows, seeds, work: Path, students: Path, sets) -> tuple[dict, d
     lfw = next(ps for ps in sets if ps.name == "lfw")
     for name, (model, degrade, path) in models.items():
         per_model[name], decisions[name] = {}, {}
-        embs = embed_sets(model, sets, degrade, work / "karlekar" / "emb" / f"{name}.npz", path)
+        embs = embed_sets(model, sets, degrade, runs / "emb" / f"{name}.npz", path)
         for ps in sets:
             emb = embs[ps.name]
             correct, grid = pair_decisions(emb, ps, "grid")

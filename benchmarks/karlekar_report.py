@@ -168,6 +168,7 @@ def write_karlekar_report(
     rows,
     seeds,
     work: Path,
+    runs: Path,
     students: Path,
     sets,
     out: Path,
@@ -186,12 +187,10 @@ def write_karlekar_report(
 
     out.mkdir(parents=True, exist_ok=True)
     names = [ps.name for ps in sets]
-    per_model, decisions, pooled = evaluate_all(rows, seeds, work, students, sets)
+    per_model, decisions, pooled = evaluate_all(rows, seeds, runs, students, sets)
     lines = aggregate(rows, seeds, per_model, names)
     tests = paired_tests(seeds, decisions, names)
-    logs = {
-        f"{r}_seed{k}": log_summary(work / "karlekar" / f"{r}_seed{k}") for r in rows for k in seeds
-    }
+    logs = {f"{r}_seed{k}": log_summary(runs / f"{r}_seed{k}") for r in rows for k in seeds}
     student = load_backbone(students / f"{rows[0]}_seed{seeds[0]}.pt")
     from bench_real_distill import TEACHER
 
