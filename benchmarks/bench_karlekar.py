@@ -27,6 +27,10 @@ pairs, 1 seed); the script exits 0 with a message when ``../shared/data`` is abs
 
     .venv/bin/python benchmarks/bench_karlekar.py                  # 3 seeds, see the report
     .venv/bin/python benchmarks/bench_karlekar.py --quick --out /tmp/karlekar_quick
+
+On a machine with idle cores, training splits over one-thread jobs (``OMP_NUM_THREADS=1``;
+two threads on two busy cores ran 4-8x slower per step here): ``--rows R --seeds S
+--no-report`` per job, then the plain command writes the report from the saved students.
 """
 
 from __future__ import annotations
