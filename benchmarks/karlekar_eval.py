@@ -104,12 +104,18 @@ def _faces(ps, n: int, size: int, degrade: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pooled_cosine(model, teacher, ps, n: int = 256) -> float:
-    """Mean cosine between the model's pooled feature on the 56-px faces and the teacher's on
-    the 112-px faces (LFW images): how close a student stays to the teacher's features."""
-    p_t = teacher.eval().forward_features(_faces(ps, n, 112, None)).pooled
+def pooled_cosine(model, p_t: torch.Tensor, ps, n: int = 256) -> float:
+    """Mean cosine between the model's pooled feature on the 56-px faces and ``p_t``, the
+    teacher's on the 112-px faces (``teacher_pooled``; LFW images): how close a student stays
+    to the teacher's features."""
     p_s = model.eval().forward_features(_faces(ps, n, model.input_size, LOW)).pooled
     return float(torch.nn.functional.cosine_similarity(p_s, p_t).mean())
+
+
+@torch.no_grad()
+def teacher_pooled(teacher, ps, n: int = 256) -> torch.Tensor:
+    """The teacher's pooled features of the first ``n`` faces of ``ps`` at 112 px."""
+    return teacher.eval().forward_features(_faces(ps, n, 112, None)).pooled
 
 
 def log_summary(run: Path, window: int = 3) -> dict:
@@ -209,6 +215,7 @@ def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, d
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
     per_model, decisions, pooled = {}, {}, {}
     lfw = next(ps for ps in sets if ps.name == "lfw")
+    p_t = teacher_pooled(teacher, lfw)
     for name, (model, degrade, path) in models.items():
         per_model[name], decisions[name] = {}, {}
         embs = embed_sets(model, sets, degrade, runs / "emb" / f"{name}.npz", path)
@@ -229,5 +236,5 @@ def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, d
                 "tar@1e-3": grid.tar_at_far.get(1e-3),
             }
         if name != "teacher@112":
-            pooled[name] = pooled_cosine(model, teacher, lfw)
+            pooled[name] = pooled_cosine(model, p_t, lfw)
     return per_model, decisions, pooled
