@@ -178,6 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resumed:
         print(f"resuming from {trainer.checkpoint_path}")
     trainer.fit()
+    from facekd import dist
+
+    dist.shutdown()  # under torchrun: every rank leaves the process group together
     print(f"student weights: {Path(cfg.out_dir) / 'student.pt'}")
     return 0
 

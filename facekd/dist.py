@@ -49,6 +49,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group together (barrier, then destroy); a no-op in one process.
+
+    A rank that exits while gloo's threads are still alive can abort (SIGABRT) and make
+    torchrun report a failure after a run that succeeded.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of ``t`` over ranks (identity in a single process)."""
     if not is_distributed():

@@ -78,4 +78,7 @@ def main(mode: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    try:
+        main(sys.argv[1], Path(sys.argv[2]))
+    finally:  # leave together: a rank exiting with gloo threads alive aborts (SIGABRT)
+        dist.shutdown()
