@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from lfw_mini import load_lfw_mini
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LFW = DATA / "lfw-mini"
@@ -70,22 +72,16 @@ def main(argv=None) -> int:
     if not (LFW / "pairs.txt").exists() or not MODELS.exists():
         print(f"SKIP: real data not available under {DATA}; nothing to benchmark.")
         return 0
-    from facekd.data.pairlists import read_lfw_pairs
-    from facekd.data.verification import read_bin
     from facekd.evaluation.embed import extract_embeddings
     from facekd.evaluation.verification import verify
     from facekd.models.checkpoints import load_backbone
     from facekd.teachers import OnnxTeacher
 
     t0 = time.perf_counter()
-    raw = read_lfw_pairs(LFW / "pairs.txt", LFW / "images").fold_major()
-    bin_path = Path(args.bin)
-    if not bin_path.exists():
-        print(f"error: {bin_path} missing; bench_lfw_legacy.py builds it", file=sys.stderr)
-        return 1
-    ps = read_bin(bin_path, "lfw_mini")
-    if len(ps) != len(raw) or (ps.issame != raw.issame).any():
-        print(f"error: {bin_path} does not match pairs.txt; delete it", file=sys.stderr)
+    try:
+        ps, raw = load_lfw_mini(Path(args.bin), LFW)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     crops = ps.pair_images()
     res = {"command": "python benchmarks/bench_onnx_import.py", "pairs": len(ps), "models": {}}

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from lfw_mini import load_lfw_mini
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LFW = DATA / "lfw-mini"
@@ -37,8 +39,6 @@ def main(argv=None) -> int:
         return 0
     import numpy as np
 
-    from facekd.data.pairlists import read_lfw_pairs
-    from facekd.data.verification import read_bin
     from facekd.evaluation.embed import extract_embeddings
     from facekd.evaluation.verification import verify
     from facekd.export import export_onnx
@@ -46,16 +46,10 @@ def main(argv=None) -> int:
     from facekd.teachers import OnnxTeacher
 
     t0 = time.perf_counter()
-    raw = read_lfw_pairs(LFW / "pairs.txt", LFW / "images").fold_major()
-    bin_path = Path(args.bin)
-    if not bin_path.exists():
-        from facekd.data.detect import FaceDetector
-        from facekd.data.packing import build_bin
-
-        print(build_bin(raw, bin_path, FaceDetector(policy="center")))
-    ps = read_bin(bin_path, "lfw_mini")
-    if len(ps) != len(raw) or (ps.issame != raw.issame).any():
-        print(f"error: {bin_path} does not match pairs.txt; delete it", file=sys.stderr)
+    try:
+        ps, raw = load_lfw_mini(Path(args.bin), LFW, build=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     torch_model = load_backbone(str(MODEL))
     onnx_path = Path(args.work) / "mobilefacenet_legacy.onnx"
