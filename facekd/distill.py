@@ -38,12 +38,10 @@ def _to_float(out: ModelOutput) -> ModelOutput:
     )
 
 
-def check_logit_scales(head, teacher, teacher_head, teacher_scale=None) -> None:
+def check_logit_scales(head, teacher, teacher_head) -> None:
     """Refuse teacher and student logits ``s * cos`` of different scales (see ``Distiller``)."""
     student_scale = getattr(head, "scale", None)
     scales = {}
-    if teacher_scale is not None:
-        scales["teacher"] = float(teacher_scale)
     if getattr(teacher_head, "scale", None) is not None:
         scales["teacher head"] = float(teacher_head.scale)
     for i, member_head in enumerate(getattr(teacher, "heads", None) or []):
@@ -72,10 +70,10 @@ class Distiller(nn.Module):
     ce_weight: weight of the identity (cross-entropy) term.
     teacher_bf16: run the online teacher under bf16 autocast (its outputs are cast back to
         float32); with a channels_last teacher this is ~3x faster on recent CPUs.
-    teacher_logit_scale: the ``s`` of the teacher's ``s * cos`` logits when they do not come
-        from ``teacher_head`` (a cached ensemble's member heads); with a logit loss (Hinton) it
-        must equal the student head's ``scale``: the temperature divides both logit sets, so
-        ``s_t != s_s`` would distil a sharper or flatter distribution than the teacher's.
+
+    With a logit loss (Hinton) the teacher's ``s * cos`` logits (``teacher_head``, or an
+    online ensemble's member heads) must have the student head's ``scale``: the temperature
+    divides both logit sets, so ``s_t != s_s`` would distil a sharper or flatter distribution.
 
     Besides the loss terms, ``forward`` returns ``stats/<loss>/<name>`` diagnostics a loss
     publishes in ``last_stats`` (e.g. mined triplets and the active fraction); they are logged,
@@ -93,7 +91,6 @@ class Distiller(nn.Module):
         teacher_cache=None,
         ce_weight: float = 1.0,
         teacher_bf16: bool = False,
-        teacher_logit_scale: float | None = None,
     ) -> None:
         super().__init__()
         losses = losses or {}
@@ -127,7 +124,7 @@ class Distiller(nn.Module):
             teacher_head.eval().requires_grad_(False)
         self.requires = frozenset().union(*(loss.requires for loss in losses.values()))
         if "logits" in self.requires:
-            check_logit_scales(head, teacher, teacher_head, teacher_logit_scale)
+            check_logit_scales(head, teacher, teacher_head)
         if teacher_cache is not None:
             missing = self.requires - set(teacher_cache.fields) - {"logits"}
             if missing:
