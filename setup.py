@@ -21,6 +21,7 @@ setup(
         "torch>=2.3,<=2.14.1",
         "torchvision>=0.18,<=0.29.1",
         "facenet-pytorch>=2.5.3",
+        "faiss-cpu>=1.7.4",
         "opencv-python-headless>=4.8",
         "albumentations>=2.0",
         "scikit-learn>=1.3",
