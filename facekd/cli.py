@@ -242,6 +242,12 @@ def _add_align(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_count, default=2)
     p.add_argument("--overwrite", action="store_true", help="redo crops that exist")
     p.add_argument("--retry-failed", action="store_true", help="retry files the report lists")
+    p.add_argument(
+        "--pad",
+        type=_number(float, 0.0),
+        default=0.0,
+        help="tight crops: add this fraction of each side (edge-replicated) before detection",
+    )
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -258,6 +264,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             retry_failed=args.retry_failed,
+            pad=args.pad,
         )
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None

@@ -116,3 +116,43 @@ def test_real_lfw_photos_are_detected_and_aligned(tmp_path):
         shutil.copytree(person, src / person.name)
     report = align_tree(src, tmp_path / "aligned", progress=False, workers=0)
     assert report.failed == {} and report.written == len(list_images(src))
+
+
+def test_pad_fills_margins_with_edge_colours_and_keeps_landmarks(tmp_path):
+    # a "tight crop": the face's five points near the photo's borders, the template's margins
+    # fall outside it; with pad the crop's corners are the photo's edge colour, not black
+    src = tmp_path / "s"
+    src.mkdir()
+    img = np.full((80, 70, 3), 90, np.uint8)
+    m = np.array([[0.75, 0.0, -6.0], [0.0, 0.75, -8.0]])
+    pts = transform_points(ARCFACE_TEMPLATE, m)
+    for x, y in pts.round().astype(int):
+        img[y - 1 : y + 2, x - 1 : x + 2] = 255
+    Image.fromarray(img).save(src / "a.png")
+    for pad, out in ((0.0, "d0"), (0.4, "d4")):
+        align_tree(src, tmp_path / out, landmarks={"a.png": pts}, progress=False, pad=pad)
+    plain = np.asarray(Image.open(tmp_path / "d0" / "a.png"))
+    padded = np.asarray(Image.open(tmp_path / "d4" / "a.png"))
+    assert plain[0, 0].max() == 0 and plain[-1, -1].max() == 0  # outside the photo: black
+    assert (padded[0, 0] == 90).all() and (padded[-1, -1] == 90).all()  # replicated edge
+    for x, y in ARCFACE_TEMPLATE.round().astype(int):  # the landmarks moved with the padding
+        assert padded[y, x].min() > 150
+    with pytest.raises(ValueError, match="pad must be >= 0"):
+        align_tree(src, tmp_path / "d5", landmarks={"a.png": pts}, progress=False, pad=-0.1)
+
+
+def test_real_tight_celeba_crops_align_with_filled_margins(tmp_path):
+    root = shared_path("celeba-tight-1756", "images")
+    src = tmp_path / "raw"
+    for person in sorted(p for p in root.iterdir() if p.is_dir())[:2]:
+        shutil.copytree(person, src / person.name)
+    total = len(list_images(src))
+    plain = align_tree(src, tmp_path / "u", progress=False, workers=0)
+    padded = align_tree(src, tmp_path / "p", progress=False, workers=0, pad=0.4)
+    assert padded.written >= total - 1  # the data README: 59 / 60 found with 40 % padding
+
+    def black(folder):  # share of pure-black pixels: the template's margins outside the photo
+        crops = [np.asarray(Image.open(f)) for f in sorted((tmp_path / folder).rglob("*.png"))]
+        return np.mean([(c.max(axis=2) == 0).mean() for c in crops])
+
+    assert plain.written > 0 and black("u") > 0.05 and black("p") < 0.01

@@ -14,6 +14,11 @@
   ``truncated``, ``empty``, ``too_small``, ``no_face``, ``small_face``) in
   ``DST/align_report.json``, together with counts.
 * ``landmarks``: given five points per photo (e.g. IJB-C's ``name_5pts_score``) skip detection.
+* ``pad``: tight face crops (CelebA's, roughly eyebrows to chin) leave MTCNN no context and the
+  template's margins outside the photo; ``pad=0.4`` adds 40 % of each side by replicating the
+  edge pixels before detection, so the detector finds the face and the aligned crop's margins
+  are edge colours, not black (replicate, not mirror: a mirrored border can hold a second,
+  phantom face). Given landmarks refer to the unpadded photo and are shifted accordingly.
 """
 
 from __future__ import annotations
@@ -68,18 +73,32 @@ class AlignReport:
         os.replace(tmp, path)
 
 
+def pad_photo(img: np.ndarray, pad: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """``img`` (H, W, 3) with ``pad`` x its height / width added on each side by edge
+    replication; returns the padded photo and the ``(dx, dy)`` offset of the original."""
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0 (a fraction of each side), got {pad}")
+    h, w = img.shape[:2]
+    dy, dx = round(pad * h), round(pad * w)
+    if dx == dy == 0:
+        return img, (0, 0)
+    return cv2.copyMakeBorder(img, dy, dy, dx, dx, cv2.BORDER_REPLICATE), (dx, dy)
+
+
 class _Photos(torch.utils.data.Dataset):
-    def __init__(self, root: Path, names: list[str], min_side: int) -> None:
-        self.root, self.names, self.min_side = root, names, min_side
+    def __init__(self, root: Path, names: list[str], min_side: int, pad: float = 0.0) -> None:
+        self.root, self.names, self.min_side, self.pad = root, names, min_side, pad
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i: int):
         try:
-            return self.names[i], read_photo(str(self.root / self.names[i]), self.min_side), None
+            img = read_photo(str(self.root / self.names[i]), self.min_side)
         except PhotoError as err:
-            return self.names[i], None, f"{err.reason}: {err}"
+            return self.names[i], None, f"{err.reason}: {err}", (0, 0)
+        img, offset = pad_photo(img, self.pad)
+        return self.names[i], img, None, offset
 
 
 def _write_atomic(path: Path, crop_rgb: np.ndarray, fmt: str) -> None:
@@ -129,6 +148,7 @@ def align_tree(
     retry_failed: bool = False,
     detector=None,
     progress: bool = True,
+    pad: float = 0.0,
 ) -> AlignReport:
     """Align every photo below ``src`` into ``dst``; returns (and saves) the report."""
     if fmt not in ("png", "jpg"):
@@ -154,20 +174,22 @@ def align_tree(
 
         detector = FaceDetector(min_face_size=int(min_face), policy=policy)
     loader = torch.utils.data.DataLoader(
-        _Photos(src, todo, min_side),
+        _Photos(src, todo, min_side, pad),
         batch_size=batch_size,
         num_workers=workers if len(todo) > batch_size else 0,
         collate_fn=list,
     )
     bar = tqdm(total=len(todo), desc="align", unit="img", disable=not progress)
     for chunk in loader:
-        good = [(name, img) for name, img, err in chunk if err is None]
-        for name, _, err in chunk:
+        good = [(name, img) for name, img, err, _ in chunk if err is None]
+        offsets = {name: np.asarray(off, np.float64) for name, _, _, off in chunk}
+        for name, _, err, _ in chunk:
             if err is not None:
                 report.failed[name] = err
         if landmarks is not None:
             faces = [
-                [np.asarray(landmarks[n], np.float64)] if n in landmarks else [] for n, _ in good
+                [np.asarray(landmarks[n], np.float64) + offsets[n]] if n in landmarks else []
+                for n, _ in good
             ]
         else:
             found = detector.detect([img for _, img in good]) if good else []
