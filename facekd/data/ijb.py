@@ -97,6 +97,41 @@ def read_landmarks(path: str | os.PathLike):
     return np.array(names), v[:, :10].reshape(-1, 5, 2), v[:, 10].copy()
 
 
+def read_1n_list(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """An IJB 1:N list (``<p>_1N_gallery_G1.csv`` / ``_G2`` / ``_probe_mixed.csv``; IJB-B:
+    ``_S1`` / ``_S2``): CSV with a header, one row per image, columns ``TEMPLATE_ID,
+    SUBJECT_ID, FILENAME, ...`` -> ``(templates (T,), subjects (T,))`` int64, one row per
+    template (first appearance order). A template listed with two subjects raises."""
+    subject: dict[int, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.strip().split(",")
+            if lineno == 1 or not fields[0]:
+                continue  # header (insightface: skiprows=1), blank lines
+            if len(fields) < 2:
+                raise ValueError(f"{path}:{lineno}: expected 'TEMPLATE_ID,SUBJECT_ID,...'")
+            t, sid = _number(fields[0], int, path, lineno), _number(fields[1], int, path, lineno)
+            if subject.setdefault(t, sid) != sid:
+                raise ValueError(
+                    f"{path}:{lineno}: template {t} listed with subjects {subject[t]} and {sid}"
+                )
+    if not subject:
+        raise ValueError(f"{path}: no templates")
+    return np.array(list(subject), np.int64), np.array(list(subject.values()), np.int64)
+
+
+def ijb_1n_files(root: str | os.PathLike, target: str = "IJBC") -> dict[str, Path] | None:
+    """``{"G1", "G2", "probe"}`` -> the 1:N lists under ``root/meta``, or None if absent."""
+    p, meta = _prefix(target), Path(root) / "meta"
+    g = ("G1", "G2") if p == "ijbc" else ("S1", "S2")
+    files = {
+        "G1": meta / f"{p}_1N_gallery_{g[0]}.csv",
+        "G2": meta / f"{p}_1N_gallery_{g[1]}.csv",
+        "probe": meta / f"{p}_1N_probe_mixed.csv",
+    }
+    return files if all(f.is_file() for f in files.values()) else None
+
+
 @dataclass
 class IJBMeta:
     """One IJB-B/C 1:1 protocol: ``I`` images and ``P`` template pairs.
@@ -160,14 +195,22 @@ class IJBDataset:
     """Aligned IJB faces: item ``i`` is image line ``i`` of the meta files.
 
     ``__getitem__`` -> ``{"image": (3, size, size) float in [-1, 1], "label": -1,
-    "index": i, "score": faceness float}``. The loose crop is read as RGB and warped with
-    ``norm_crop(image, landmarks[i], size)``; insightface warps the BGR image and converts
-    afterwards, which gives identical pixels (the warp is per channel).
+    "index": i, "score": faceness float}``; with ``crops=True`` the ``(size, size, 3)`` uint8
+    RGB crop itself, which ``extract_embeddings`` can resize to a low-resolution student's
+    input or degrade (a normalised tensor is used as given). The loose crop is read as RGB and
+    warped with ``norm_crop(image, landmarks[i], size)``; insightface warps the BGR image and
+    converts afterwards, which gives identical pixels (the warp is per channel).
     """
 
-    def __init__(self, meta: IJBMeta | str | os.PathLike, target: str = "IJBC", size: int = 112):
+    def __init__(
+        self,
+        meta: IJBMeta | str | os.PathLike,
+        target: str = "IJBC",
+        size: int = 112,
+        crops: bool = False,
+    ):
         self.meta = meta if isinstance(meta, IJBMeta) else load_ijb(meta, target)
-        self.size = size
+        self.size, self.crops = size, crops
 
     def __len__(self) -> int:
         return len(self.meta.names)
@@ -177,7 +220,9 @@ class IJBDataset:
         image = read_rgb(self.meta.image_dir / self.meta.names[index])
         return norm_crop(image, self.meta.landmarks[index], self.size)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int):
+        if self.crops:
+            return self.aligned(index)
         return {
             "image": to_tensor(self.aligned(index)),
             "label": -1,

@@ -1,7 +1,10 @@
-"""Evaluation: one embedding path, verification / IJB metrics, model cost, reports."""
+"""Evaluation: one embedding path, verification / identification / IJB metrics, model cost,
+reports."""
 
 from facekd.evaluation.embed import extract_embeddings
+from facekd.evaluation.identification import cmc, threshold_at_rate, tpir_at_fpir
 from facekd.evaluation.ijb import IJBResult, evaluate_ijb
+from facekd.evaluation.ijb_1n import evaluate_ijb_1n
 from facekd.evaluation.profile import (
     PRECISIONS,
     ComparisonReport,
@@ -23,11 +26,15 @@ __all__ = [
     "ModelProfile",
     "TimingBudget",
     "VerificationResult",
+    "cmc",
     "compare",
     "count_flops",
     "count_parameters",
     "evaluate_ijb",
+    "evaluate_ijb_1n",
     "extract_embeddings",
     "profile_model",
+    "threshold_at_rate",
+    "tpir_at_fpir",
     "verify",
 ]

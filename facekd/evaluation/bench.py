@@ -60,13 +60,26 @@ def threshold_search_legend(names: Sequence[str], low_res: Sequence[int]) -> dic
 
 
 def _ijb_row(model, ijb_root: str, target: str) -> dict:
-    from facekd.data.ijb import IJBDataset, load_ijb
+    """IJB 1:1 TAR@FAR and, when the 1:N lists are there, rank-1 and mean TPIR@FPIR.
+
+    Faces are uint8 aligned crops, resized to the model's input (a low-resolution student
+    sees its own size, as on the verification sets)."""
+    from facekd.data.ijb import IJBDataset, ijb_1n_files, load_ijb, read_1n_list
     from facekd.evaluation.ijb import evaluate_ijb
+    from facekd.evaluation.ijb_1n import evaluate_ijb_1n
 
     meta = load_ijb(ijb_root, target)
-    feats = extract_embeddings(model, IJBDataset(meta), normalize=False, progress=True)
+    feats = extract_embeddings(model, IJBDataset(meta, crops=True), normalize=False)
     res = evaluate_ijb(feats, meta.tids, meta.mids, meta.t1, meta.t2, meta.label, meta.scores)
-    return {f"{target}_tar@{far:g}": tar for far, tar in res.tar_at_far.items()}
+    row = {f"{target}_tar@{far:g}": tar for far, tar in res.tar_at_far.items()}
+    files = ijb_1n_files(ijb_root, target)
+    if files is not None:
+        lists = {k: read_1n_list(f) for k, f in files.items()}
+        probe = lists.pop("probe")
+        one_n = evaluate_ijb_1n(feats, meta.tids, meta.mids, meta.scores, lists, probe)
+        row[f"{target}_1N_rank1"] = one_n["cmc"][1]
+        row |= {f"{target}_1N_tpir@{f:g}": v for f, v in one_n["tpir@fpir"].items()}
+    return row
 
 
 def run_benchmark(
@@ -160,7 +173,7 @@ def run_benchmark(
         acc_cols += [(f"{ps.name}_acc", f"{ps.name} ({grid})"), (f"{ps.name}_std", "± std")]
         acc_cols += [(f"{ps.name}_acc@{s}", f"{ps.name} @{s}px ({grid})") for s in low_res]
         acc_cols += [(_key(f"{ps.name}_acc", exact), f"{ps.name} ({exact})")]
-    ijb_cols = [(k, k) for k in rows[0] if k.startswith(("IJBC_tar", "IJBB_tar"))]
+    ijb_cols = [(k, k) for k in rows[0] if k.startswith(("IJBC_", "IJBB_"))]
     speed_cols = [
         (k, k.replace("speedup_", "speed-up ")) for k in rows[0] if k.startswith("speedup_")
     ]
