@@ -142,8 +142,9 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
         worker_init_fn=worker_init,
     )
     for chunk in loader:
-        good = [(n, img) for n, img, err in chunk if err is None]
-        for n, _, err in chunk:
+        # _Photos items are (name, image, error, pad offset); no padding here: offset (0, 0)
+        good = [(n, img) for n, img, err, _ in chunk if err is None]
+        for n, _, err, _ in chunk:
             if err is not None:
                 yield n, None, err
         if aligned:
