@@ -21,9 +21,11 @@ A photo without a detectable face raises ``NoFaceError`` (a ``ValueError``) nami
 ``verify(img1, img2) -> (cosine, same)``: ``same = cosine >= threshold``. The default
 ``DEFAULT_THRESHOLD = 0.3`` is a generic starting point for ArcFace-trained models with
 flip-sum, L2-normalised embeddings (the LFW-optimal cosine of such models typically lies around
-0.2-0.35); it is NOT calibrated for your model or your data. Calibrate it: embed labelled pairs
-from your own population and pick the threshold at the false-accept rate you can afford
-(``facekd.evaluation.verification``), then pass ``threshold=`` to ``load`` or ``verify``.
+0.2-0.35); it is NOT calibrated for your model or your data. Calibrate it:
+``facekd calibrate --model M --bin pairs.bin --far 1e-3`` (or a labelled folder) stores the
+threshold at that false-accept rate in the model's sidecar (``facekd.search.sidecar``), and
+``load`` then uses it (``FaceModel.threshold_source`` says which threshold is in force);
+``threshold=`` overrides.
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ class FaceModel:
         policy: str = "center",
         source: str = "",
         bf16: bool = False,
+        threshold_source: str = "given",
     ) -> None:
         self.runner, self.input_size, self.threshold = runner, input_size, float(threshold)
         self.policy, self.source, self._detector = policy, source, None
-        self.bf16 = bool(bf16)
+        self.bf16, self.threshold_source = bool(bf16), threshold_source
 
     def __repr__(self) -> str:
         return (
@@ -152,13 +155,15 @@ class FaceModel:
 def load(
     path_or_name,
     backend: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     policy: str = "center",
     bf16: bool = False,
 ) -> FaceModel:
     """A ``FaceModel`` from a checkpoint, registry name, legacy MXNet prefix / folder, ``.onnx``
     file (onnxruntime, CPU) or a torch module. ``backend``: ``"torch"``, ``"onnx"`` or None
-    (from the suffix). ``policy``: which face of a multi-face photo (``facekd.data.detect``).
+    (from the suffix). ``threshold``: None = the calibration in the model's sidecar if there is
+    one (``facekd calibrate``), else ``DEFAULT_THRESHOLD``. ``policy``: which face of a
+    multi-face photo (``facekd.data.detect``).
     ``bf16``: embed under bf16 autocast (torch only; faster on CPUs with native bf16, a small
     accuracy change: README "CPU speed"). A model loaded from a file is turned into an
     inference module (BatchNorm folded, channels-last) where that is faster
@@ -178,4 +183,7 @@ def load(
         # our own module (never the caller's): made an inference copy once, not per call
         runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
     source = str(path_or_name) if isinstance(path_or_name, (str, os.PathLike)) else "module"
-    return FaceModel(runner, size, threshold=threshold, policy=policy, source=source, bf16=bf16)
+    from facekd.search.sidecar import resolve_threshold
+
+    threshold, why = resolve_threshold(path_or_name, threshold)
+    return FaceModel(runner, size, threshold, policy, source, bf16, threshold_source=why)

@@ -421,9 +421,8 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"cosine at or above which the faces match (default {DEFAULT_THRESHOLD}: "
-        "uncalibrated, see facekd.api)",
+        help="cosine at or above which the faces match (default: the model's calibration "
+        f"from facekd calibrate, else {DEFAULT_THRESHOLD}, uncalibrated)",
     )
     p.add_argument("--aligned", action="store_true", help="both images are aligned crops")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (torch; see README)")
@@ -445,7 +444,132 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     print(
         f"cosine {cosine:.4f}: {'same person' if same else 'different people'} "
-        f"(threshold {args.threshold})"
+        f"(threshold {model.threshold:.4f}, {model.threshold_source})"
+    )
+    return 0
+
+
+def _model_spec(spec: str) -> str:
+    """A model file, folder or MXNet prefix (a calibration / gallery belongs to one)."""
+    if not (Path(spec).exists() or Path(f"{spec}-symbol.json").exists()):
+        raise UsageError(f"{spec}: no such model file, folder or MXNet prefix")
+    return spec
+
+
+def _add_face_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint, legacy MXNet folder or .onnx")
+    p.add_argument("--aligned", action="store_true", help="images are aligned square crops")
+    p.add_argument("--workers", type=_count, default=2, help="decoding processes")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (torch; see README)")
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bin", help="verification .bin (insightface format) with labelled pairs")
+    src.add_argument("--folder", help="labelled folder: one subfolder of photos per person")
+    p.add_argument("--far", type=float, default=1e-3, help="target false-accept rate")
+    p.add_argument("--model", required=True, help="checkpoint, legacy MXNet folder or .onnx")
+    p.add_argument("--aligned", action="store_true", help="--folder holds aligned crops")
+    p.add_argument("--embeddings", help="keep --folder's embeddings here (.npz, resumable)")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Threshold at a target false-accept rate, stored in the model's sidecar."""
+    from facekd.search.calibrate import calibrate
+
+    if not 0 < args.far < 1:
+        raise UsageError(f"--far must be in (0, 1), got {args.far}")
+    try:
+        rec = calibrate(
+            _model_spec(args.model), args.far, args.bin, args.folder, args.aligned, args.embeddings
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    print(
+        f"threshold {rec['threshold']:.4f} (cosine) at FAR {args.far:g}: TAR {100 * rec['tar']:.2f}"
+        f" %, measured FAR {rec['far_measured']:.2e} ({rec['n_genuine']} genuine, "
+        f"{rec['n_impostor']} impostor comparisons) -> {rec['sidecar']}"
+    )
+    if not rec["far_resolved"]:
+        print(
+            f"warning: {rec['n_impostor']} impostor comparisons cannot measure FAR {args.far:g}"
+            " (needs >= 1/FAR); the threshold lies just above the highest impostor score"
+        )
+    if rec["failed"]:
+        print(
+            f"{len(rec['failed'])} photos could not be used (listed in the embeddings' "
+            ".failed.json)"
+        )
+    return 0
+
+
+def _add_enroll(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="folder with one subfolder of photos per person")
+    p.add_argument("--out", required=True, help="gallery .npz to write")
+    _add_face_source(p)
+    p.add_argument("--overwrite", action="store_true", help="discard earlier embeddings")
+    p.add_argument("--retry-failed", action="store_true", help="retry photos listed as failed")
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enrol people (one template per person folder) into a gallery; resumable."""
+    from facekd.search.gallery import enroll
+
+    try:
+        rep = enroll(
+            args.src,
+            _model_spec(args.model),
+            args.out,
+            aligned=args.aligned,
+            workers=args.workers,
+            bf16=args.bf16,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    fails = Path(args.out).with_name(f"{Path(args.out).stem}.images.failed.json")
+    print(
+        f"enrolled {rep.people} people ({rep.embedded} photos embedded, {rep.reused} reused, "
+        f"{len(rep.failed)} failed: {fails}) -> {args.out}"
+    )
+    if rep.without_photo:
+        print(f"not enrolled (no usable photo): {', '.join(rep.without_photo)}")
+    return 0
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="an image or a folder of images")
+    p.add_argument("--gallery", required=True, help="gallery .npz from facekd enroll")
+    p.add_argument("--out", required=True, help="results .csv")
+    _add_face_source(p)
+    p.add_argument("--top-k", type=_positive_int, default=5, help="identities per probe")
+    p.add_argument("--threshold", type=float, help="default: the model's calibration")
+    p.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search faces in a gallery: top-k identities, open-set rejection, CSV."""
+    from facekd.search.probe import search
+
+    try:
+        rep = search(
+            args.src,
+            args.gallery,
+            _model_spec(args.model),
+            args.out,
+            args.top_k,
+            args.threshold,
+            args.aligned,
+            args.backend,
+            workers=args.workers,
+            bf16=args.bf16,
+        )
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    print(
+        f"searched {rep.probes} faces ({rep.backend}): {rep.accepted} accepted at threshold "
+        f"{rep.threshold:.4f} ({rep.threshold_source}); {len(rep.failed)} failed -> {rep.out}"
     )
     return 0
 
@@ -496,6 +620,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..
     "import-onnx": (_add_import_onnx, cmd_import_onnx),
     "embed": (_add_embed, cmd_embed),
     "verify": (_add_verify, cmd_verify),
+    "calibrate": (_add_calibrate, cmd_calibrate),
+    "enroll": (_add_enroll, cmd_enroll),
+    "search": (_add_search, cmd_search),
 }
 
 
