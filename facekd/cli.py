@@ -571,6 +571,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"searched {rep.probes} faces ({rep.backend}): {rep.accepted} accepted at threshold "
         f"{rep.threshold:.4f} ({rep.threshold_source}); {len(rep.failed)} failed -> {rep.out}"
     )
+    if rep.fpir_bound is not None and rep.fpir_bound > 0.05:
+        print(
+            f"warning: a 1:1 threshold over {rep.gallery_size} people accepts a stranger with "
+            f"probability up to {100 * rep.fpir_bound:.0f} %; for open-set search calibrate "
+            "at FAR = wanted FPIR / gallery size"
+        )
     return 0
 
 

@@ -185,6 +185,16 @@ def test_search_csv_open_set_and_wrong_model(ckpt, people, tmp_path, capsys):
     assert rows[1]["accepted"] == str(bool(s.max() >= 0.999))
     assert main([*args[:1], str(probes / "x.png"), *args[2:]]) == 0  # one image
     assert _rows(out)[0]["path"] == "x.png"
+    # a calibrated 1:1 threshold: the search states its open-set false-accept bound
+    from facekd.embed_folder import fingerprint
+    from facekd.search import search
+    from facekd.search.sidecar import write_calibration
+
+    rec = {"threshold": 0.1, "far": 0.5, "far_measured": 0.5, "tar": 1.0}
+    write_calibration(ckpt, rec | {"model_fingerprint": fingerprint(ckpt)})
+    rep = search(probes, gallery, ckpt, out, aligned=True, workers=0, progress=False)
+    assert rep.threshold == 0.1 and rep.fpir_bound == pytest.approx(1 - 0.5**3)
+    assert main(args) == 0 and "accepts a stranger" in capsys.readouterr().out
     # a gallery enrolled with other weights is refused
     other = save_backbone(calibrated_tiny(seed=2), tmp_path / "other.pt")
     assert main([*args[:4], "--model", str(other), *args[6:]]) == 2

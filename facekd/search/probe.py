@@ -8,6 +8,10 @@ any depth, through ``embed_folder``: resumable, cached in ``<results>.probes.npz
 Open-set rejection: ``accepted`` is ``rank1_score >= threshold``; a probe below it is nobody
 the gallery knows. The threshold is the one given, else the model's calibration
 (``facekd calibrate``, in its sidecar), else the uncalibrated default (``resolve_threshold``).
+A 1:1 threshold at FAR ``f`` lets a stranger through a gallery of ``N`` people with probability
+up to ``FPIR <= 1 - (1 - f)^N`` (about ``N f`` when small; independent comparisons assumed):
+``SearchReport.fpir_bound`` states it, and a gallery of 300 at FAR 1e-2 accepts nearly every
+stranger (measured: benchmarks/results/search/lfw_mini.md). Calibrate at ``f = FPIR / N``.
 
 CSV (written atomically), one row per probe, in path order: ``path, rank1_identity,
 rank1_score, accepted, rank2_identity, rank2_score, ...`` up to rank ``k`` (at most the
@@ -27,7 +31,7 @@ import numpy as np
 
 from facekd.search.gallery import Gallery
 from facekd.search.index import GalleryIndex
-from facekd.search.sidecar import resolve_threshold
+from facekd.search.sidecar import read_calibration, resolve_threshold
 
 
 @dataclass
@@ -42,6 +46,8 @@ class SearchReport:
     failed: dict[str, str]
     backend: str
     out: Path
+    gallery_size: int = 0
+    fpir_bound: float | None = None  # 1 - (1 - FAR)^N for a calibrated threshold
 
 
 def embed_probes(src, model, gallery: Gallery, cache: Path, aligned: bool, **kw):
@@ -107,6 +113,8 @@ def search(
     g = gallery if isinstance(gallery, Gallery) else Gallery.load(gallery)
     g.check_model(model)
     t, source = resolve_threshold(model, threshold)
+    rec = read_calibration(model) if threshold is None else None
+    bound = None if rec is None else float(-np.expm1(len(g) * np.log1p(-rec["far"])))
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = out.with_name(f"{out.name}.probes.npz")
     flip = bool(g.meta.get("flip", True))
@@ -124,4 +132,6 @@ def search(
         failed=failed,
         backend=index.backend,
         out=out,
+        gallery_size=len(g),
+        fpir_bound=bound,
     )
