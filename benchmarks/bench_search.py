@@ -152,8 +152,8 @@ def scale_worker(backend: str, n: int, q: int, dump: str | None) -> dict:
     rng = np.random.default_rng(0)
     gallery = rng.standard_normal((n, 128), dtype=np.float32)
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
-    source = rng.choice(n, q, replace=False)
-    probes = gallery[source] + 0.05 * rng.standard_normal((q, 128), dtype=np.float32)
+    source = rng.choice(n, 10_000, replace=False)[:q]  # the same probes for every q
+    probes = gallery[source] + 0.05 * rng.standard_normal((10_000, 128), dtype=np.float32)[:q]
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     rss_data = _maxrss_mb()
     t = time.perf_counter()
@@ -186,8 +186,12 @@ def _worker(backend: str, n: int, q: int, dump: Path | None = None) -> dict:
 def run_scale() -> dict:
     WORK.mkdir(parents=True, exist_ok=True)
     crossover = [_worker(b, n, 1000) for n in (10_000, 50_000, 200_000) for b in ("numpy", "faiss")]
-    big = {b: _worker(b, 1_000_000, 10_000, WORK / f"top1_{b}.npy") for b in ("numpy", "faiss")}
-    agree = float((np.load(WORK / "top1_numpy.npy") == np.load(WORK / "top1_faiss.npy")).mean())
+    # numpy searches the first 1,000 of the 10,000 probes at 1M (about 20 probes/s: the full
+    # set would take ~10 min of the shared machine); agreement is over those 1,000
+    big = {b: _worker(b, 1_000_000, q, WORK / f"top1_{b}.npy")
+           for b, q in (("faiss", 10_000), ("numpy", 1_000))}  # fmt: skip
+    top_n = np.load(WORK / "top1_numpy.npy")
+    agree = float((top_n == np.load(WORK / "top1_faiss.npy")[: len(top_n)]).mean())
     return {"scale": big, "top1_agreement": agree, "crossover": crossover}
 
 
@@ -248,7 +252,8 @@ def scale_markdown(r: dict, command: str) -> str:
             f"{res['peak_rss_mb']:.0f} |"
         )
     lines += ["", f"numpy and faiss agree on the top-1 of {100 * r['top1_agreement']:.3f} % of "
-              "the 10,000 probes at 1,000,000 entries."]  # fmt: skip
+              "the probes both searched at 1,000,000 entries (numpy: the first 1,000 of the "
+              "10,000, to keep the run short on the shared machine)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

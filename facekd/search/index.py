@@ -12,10 +12,11 @@ Rows are L2-normalised embeddings, so the inner product is the cosine. Both back
 
 ``backend="auto"`` takes faiss from ``FAISS_MIN_GALLERY`` gallery entries on, else numpy;
 without an importable faiss it logs one line and uses numpy. Measured by
-``benchmarks/bench_search.py`` (1,000 probes, one thread, shared 2-core machine): faiss
-searched 8x faster than numpy at 10,000 entries (28,000 vs 3,500 probes/s), 4x at 50,000 and
-more beyond; below 10,000 entries numpy's search costs well under a millisecond per probe,
-nothing next to detecting and embedding the photo, and needs no second copy of the gallery.
+``benchmarks/bench_search.py`` (1,000 probes, one thread, shared 2-core machine; two runs
+differed by up to 2x): faiss searched 4-8x faster than numpy at 10,000 entries, 6x at 50,000
+and 200,000, 11x at 1,000,000 (324 vs 28 probes/s); below 10,000 entries numpy's search costs
+well under a millisecond per probe, nothing next to detecting and embedding the photo, and
+needs no second copy of the gallery (``IndexFlatIP`` keeps its own).
 """
 
 from __future__ import annotations
