@@ -613,6 +613,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    from facekd.deploy.command import add_quantize_arguments
+
+    add_quantize_arguments(p)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Static int8 quantisation of an ONNX face model, calibrated on aligned faces."""
+    from facekd.deploy.command import run_quantize
+
+    try:
+        return run_quantize(args)
+    except (OSError, ValueError) as err:  # GraphError, CalibrationError are ValueErrors
+        raise UsageError(str(err)) from None
+
+
 #: subcommand -> (add its arguments, run it); the run function's docstring is its help line
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "profile": (_add_profile, cmd_profile),
@@ -626,6 +642,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..
     "import-onnx": (_add_import_onnx, cmd_import_onnx),
     "embed": (_add_embed, cmd_embed),
     "verify": (_add_verify, cmd_verify),
+    "quantize": (_add_quantize, cmd_quantize),
     "calibrate": (_add_calibrate, cmd_calibrate),
     "enroll": (_add_enroll, cmd_enroll),
     "search": (_add_search, cmd_search),

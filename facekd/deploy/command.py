@@ -1,0 +1,79 @@
+"""``facekd quantize``: the arguments and the run behind the CLI's thin wrapper.
+
+    facekd quantize student.onnx --calibration aligned/ --out student.int8.onnx \
+        [--method percentile|minmax|entropy] [--keep-float gdc first ...] [--bin lfw.bin ...]
+
+Prints the held-back cosine to fp32, sizes, and per ``--bin`` the fp32 / int8 /
+fp32-gallery-int8-probe accuracy; everything also goes to ``<out>.json``. Bad input (not an
+ONNX model, unreadable or empty calibration source) raises ``ValueError`` with the reason,
+which the CLI prints as a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    from facekd.deploy.quantize import METHODS, ROLES
+
+    p.add_argument("model", help="the fp32 .onnx (e.g. from facekd export)")
+    p.add_argument(
+        "--calibration",
+        required=True,
+        metavar="SRC",
+        help="aligned faces: a folder (searched recursively), a verification .bin, or a "
+        "RecordIO .rec (or the folder holding train.rec)",
+    )
+    p.add_argument("--out", help="int8 .onnx to write (default: MODEL-stem.int8.onnx)")
+    p.add_argument("--method", choices=METHODS, default="percentile", help="default: percentile")
+    p.add_argument("--percentile", type=float, default=99.99, help="default: 99.99")
+    p.add_argument(
+        "--keep-float",
+        nargs="*",
+        choices=ROLES,
+        default=["gdc"],
+        help="node roles left in float (default: gdc; give none for all int8)",
+    )
+    p.add_argument("--calibration-size", type=int, default=512, help="faces (default 512)")
+    p.add_argument("--held-back", type=int, default=128, help="faces for the cosine check")
+    p.add_argument("--seed", type=int, default=0, help="seed of the face draw")
+    p.add_argument("--no-prelu-rewrite", action="store_true", help="keep onnxruntime's PRelu")
+    p.add_argument("--bin", action="append", default=[], help="verification .bin (repeatable)")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from facekd.deploy.accuracy import summary_line
+    from facekd.deploy.quantize import quantize_onnx
+
+    if args.calibration_size < 1 or args.held_back < 1:
+        raise ValueError("--calibration-size and --held-back must be >= 1")
+    out = args.out or str(Path(args.model).with_suffix("")) + ".int8.onnx"
+    info = quantize_onnx(
+        args.model,
+        args.calibration,
+        out,
+        method=args.method,
+        percentile=args.percentile,
+        keep_float=tuple(args.keep_float),
+        calibration_size=args.calibration_size,
+        held_back=args.held_back,
+        seed=args.seed,
+        rewrite=not args.no_prelu_rewrite,
+        bins=tuple(args.bin),
+    )
+    cos, q = info["cosine_to_fp32_held_back"]["int8"], info["quantization"]
+    print(
+        f"wrote {out}: {info['bytes']['int8'] / 1e6:.2f} MB ({info['size_ratio']:.2f}x smaller "
+        f"than fp32), {q['method']} calibration on {info['calibration']['faces']} faces, "
+        f"float: {', '.join(q['keep_float']) or 'none'} + PReLU"
+    )
+    print(
+        f"cosine to fp32 on {info['calibration']['held_back']} held-back faces: "
+        f"mean {cos['mean']:.4f}, 1st percentile {cos['p1']:.4f}, min {cos['min']:.4f}"
+    )
+    for name, acc in info["accuracy"].items():
+        print(summary_line(name, acc))
+    print(f"sidecar: {out}.json")
+    return 0

@@ -1,0 +1,116 @@
+"""``quantize_onnx`` / ``facekd quantize`` end to end on the tiny graph; accuracy and latency."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from facekd.deploy.calibration import to_input  # noqa: E402
+from facekd.deploy.quantize import quantize_onnx  # noqa: E402
+from tests.test_quantize import SIZE, _faces, _run, tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("q")
+    root = tmp / "aligned"
+    root.mkdir()
+    for i, face in enumerate(_faces(40, seed=5)):
+        cv2.imwrite(str(root / f"{i:02d}.png"), face[:, :, ::-1])
+    src = tiny_model(tmp / "m.onnx")
+    out = tmp / "m.int8.onnx"
+    info = quantize_onnx(src, root, out, calibration_size=32, held_back=8, progress=False)
+    return src, out, info, root
+
+
+def test_int8_file_is_qdq_and_close_to_fp32(quantized):
+    src, out, info, root = quantized
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "PRelu" not in ops
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert {t.name.split("_")[0] for t in int8_weights} >= {"w1", "w2", "wf"}
+    # the global depthwise conv stays float by default: its weight is not quantised
+    gdc = next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "gdc")
+    assert gdc.input[1] == "w3"
+    # the sidecar's cosine is what an independent run of both files gives on held-back faces
+    from facekd.deploy.calibration import load_faces
+
+    faces, ids = load_faces(root, 40, seed=0, size=SIZE, progress=False)
+    assert ids[-8:].tolist() == info["calibration"]["held_back_ids"]
+    ref, got = _run(src, to_input(faces[-8:])), _run(out, to_input(faces[-8:]))
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert info["cosine_to_fp32_held_back"]["int8"]["min"] == pytest.approx(cos.min(), abs=1e-5)
+    assert cos.min() > 0.9  # 8-bit on a 3-layer net: far from the ~0 of a broken scale
+    assert info["cosine_to_fp32_held_back"]["prepared_fp32"]["min"] > 0.99999
+    assert set(info["calibration"]["ids"]).isdisjoint(info["calibration"]["held_back_ids"])
+    assert json.loads((out.parent / f"{out.name}.json").read_text())["file"] == out.name
+
+
+def test_quantize_refuses_bad_input(tmp_path, quantized):
+    from facekd.deploy.graph import GraphError
+
+    (tmp_path / "x.onnx").write_bytes(b"not a model")
+    with pytest.raises(GraphError, match="not a readable ONNX"):
+        quantize_onnx(tmp_path / "x.onnx", quantized[3], tmp_path / "y.onnx", progress=False)
+    with pytest.raises(ValueError, match="keep_float"):
+        quantize_onnx(quantized[0], quantized[3], tmp_path / "y.onnx", keep_float=("head",))
+
+
+def test_pair_accuracies_mixed_pairs_use_both_models(tmp_path, quantized):
+    from facekd.data.verification import read_bin, write_bin
+    from facekd.deploy.accuracy import held_out_pairs, pair_accuracies
+    from facekd.evaluation.embed import extract_embeddings
+    from facekd.evaluation.verification import verify
+
+    src, out = quantized[0], quantized[1]
+    faces = _faces(40, seed=9)
+    write_bin(tmp_path / "v.bin", list(faces), [True, False] * 10)
+    ps = read_bin(tmp_path / "v.bin")
+    acc = pair_accuracies(ps, src, out)
+    f = extract_embeddings(str(src), ps.images, progress=False)
+    q = extract_embeddings(str(out), ps.images, progress=False)
+    want = verify((f[0::2], q[1::2]), ps.issame, thresholds="exact")
+    assert acc["fp32_gallery_int8_probe"]["exact"]["accuracy"] == want.accuracy
+    assert acc["int8"]["exact"]["accuracy"] == verify(q, ps.issame, thresholds="exact").accuracy
+    mask = held_out_pairs(ps.pairs, np.array([0, 3]))
+    assert mask.tolist() == [False, False] + [True] * 18
+
+
+def test_cli_quantize_and_usage_errors(tmp_path, quantized, capsys):
+    from facekd.cli import main
+
+    out = tmp_path / "c.int8.onnx"
+    args = ["quantize", str(quantized[0]), "--calibration", str(quantized[3]), "--out", str(out)]
+    assert main([*args, "--calibration-size", "16", "--held-back", "4", "--method", "minmax"]) == 0
+    text = capsys.readouterr().out
+    assert "cosine to fp32 on 4 held-back faces" in text and out.exists()
+    assert json.loads(out.with_name(out.name + ".json").read_text())["quantization"]["method"] == (
+        "minmax"
+    )
+    assert main(["quantize", str(quantized[0]), "--calibration", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_ort_compare_times_torch_and_onnx(quantized):
+    import torch
+
+    from facekd.deploy.latency import ort_compare, speedups
+    from facekd.evaluation.profile import TimingBudget
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    budget = TimingBudget(warmup=1, runs=3, min_runs=1)
+    lat = ort_compare({"torch": net, "ort_fp32": quantized[0], "ort_int8": quantized[1]},
+                      (1, 2), size=SIZE, budget=budget, threads=1)  # fmt: skip
+    assert all(lat[n][b].runs == 3 and lat[n][b].median_ms > 0 for n in lat for b in (1, 2))
+    ups = speedups(lat)
+    want = lat["ort_fp32"][2].median_ms / lat["ort_int8"][2].median_ms
+    assert ups["ort_int8/ort_fp32@b2"] == pytest.approx(want)
+    assert set(ups) == {f"{k}@b{b}" for k in ("ort_fp32/torch", "ort_int8/ort_fp32",
+                                              "ort_int8/torch") for b in (1, 2)}  # fmt: skip
