@@ -112,11 +112,17 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default="mobilefacenet", help="registry name or checkpoint file")
     _add_profile_options(p, max_seconds=10.0, warmup=20)
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--int8", metavar="ONNX", help="student's facekd-quantize file: ORT latency")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Params, FLOPs, size, latency of teacher and student; compression ratio and speed-up."""
-    return _run_profile(args, args.teacher, args.student, args.json)
+    rc = _run_profile(args, args.teacher, args.student, args.json)
+    if args.int8:  # eager torch vs onnxruntime fp32 / int8 (facekd.deploy.latency)
+        from facekd.deploy.command import print_int8_latency
+
+        print_int8_latency(build_model(args.student), args.int8, args.batch_sizes, args.threads)
+    return rc
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -588,6 +594,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ijb", help="IJB-B/C folder (meta/ + loose_crop/)")
     p.add_argument("--ijb-target", choices=["IJBC", "IJBB"], default="IJBC")
     p.add_argument("--out", default="outputs/bench")
+    p.add_argument("--int8", nargs="+", default=[], help="per student: its facekd-quantize file")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -610,6 +617,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ijb = (args.ijb, args.ijb_target) if args.ijb else None
     md = run_benchmark(models, sets, args.out, low_res=args.low_res, ijb=ijb)
     print(md.read_text())
+    if args.int8:  # fp32 / int8 / mixed accuracy and onnxruntime latency (facekd.deploy)
+        from facekd.deploy.command import int8_bench
+
+        students = {k: v for k, v in models.items() if k != "teacher"}
+        try:
+            int8_bench(students, args.int8, sets, args.out)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     return 0
 
 

@@ -114,3 +114,14 @@ def test_ort_compare_times_torch_and_onnx(quantized):
     assert ups["ort_int8/ort_fp32@b2"] == pytest.approx(want)
     assert set(ups) == {f"{k}@b{b}" for k in ("ort_fp32/torch", "ort_int8/ort_fp32",
                                               "ort_int8/torch") for b in (1, 2)}  # fmt: skip
+
+
+def test_int8_bench_needs_one_file_per_student_and_a_sidecar(tmp_path, quantized):
+    from facekd.deploy.command import int8_bench
+    from facekd.deploy.latency import fp32_of
+
+    assert fp32_of(quantized[1]) == quantized[0].resolve()
+    with pytest.raises(ValueError, match="one file per student"):
+        int8_bench({"a": (None, "a"), "b": (None, "b")}, [quantized[1]], [], tmp_path)
+    with pytest.raises(ValueError, match="no sidecar"):
+        fp32_of(quantized[0])

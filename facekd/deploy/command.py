@@ -77,3 +77,36 @@ def run_quantize(args: argparse.Namespace) -> int:
         print(summary_line(name, acc))
     print(f"sidecar: {out}.json")
     return 0
+
+
+def print_int8_latency(student, int8_path, batch_sizes, threads=None) -> dict:
+    """``facekd profile --int8``: eager torch, ORT fp32, ORT int8 side by side; returns JSON."""
+    from facekd.deploy.latency import int8_report
+
+    text, data = int8_report(student, int8_path, tuple(batch_sizes), threads=threads)
+    print(text)
+    return data
+
+
+def int8_bench(students: dict, int8_paths: list, sets: list, out_dir) -> dict:
+    """``facekd bench --int8``: per student with an int8 file, fp32 / int8 / fp32-gallery-
+    int8-probe accuracy on every pair set and the onnxruntime latency table; also written to
+    ``<out_dir>/int8.json``."""
+    import json
+
+    from facekd.deploy.accuracy import pair_accuracies, summary_line
+    from facekd.deploy.latency import fp32_of
+
+    if len(int8_paths) != len(students):
+        raise ValueError(f"--int8 needs one file per student: {len(students)} students, "
+                         f"{len(int8_paths)} files")  # fmt: skip
+    res = {}
+    for (name, (model, _)), path in zip(students.items(), int8_paths, strict=True):
+        acc = {ps.name: pair_accuracies(ps, fp32_of(path), path) for ps in sets}
+        for set_name, a in acc.items():
+            print(f"{name} int8 ({path}): " + summary_line(set_name, a))
+        res[name] = {"int8": str(path), "accuracy": acc,
+                     "latency": print_int8_latency(model, path, (1, 64))}  # fmt: skip
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "int8.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    return res
