@@ -225,6 +225,9 @@ class DataSpec:
     images_per_identity: int = 16  # synthetic only
     image_size: int = 112  # the aligned crop (and the teacher's view)
     student_size: int | None = None  # low-resolution student view (Karlekar et al., 2019)
+    # keep labels for identities 0..N-1 only, the rest unlabelled (-1): a transfer set with
+    # scarce labels (Hinton et al. 2015; facekd.data.partial_labels); null: all labels
+    labelled_identities: int | None = None
     augment: dict = dataclasses.field(default_factory=lambda: {"flip_p": 0.5})
     sampler: Literal["shuffled", "pk"] = "shuffled"
     batch_size: int = 64  # per rank; for "pk" batches are p * k

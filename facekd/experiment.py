@@ -59,6 +59,15 @@ def training_dataset(cfg: ExperimentConfig):
 
 
 def build_dataset(cfg: ExperimentConfig, transform):
+    dataset = _source_dataset(cfg, transform)
+    if cfg.data.labelled_identities is not None:
+        from facekd.data.partial_labels import PartialLabels
+
+        dataset = PartialLabels(dataset, cfg.data.labelled_identities)
+    return dataset
+
+
+def _source_dataset(cfg: ExperimentConfig, transform):
     d = cfg.data
     if d.source == "synthetic":
         from facekd.data.synthetic import SyntheticFaces

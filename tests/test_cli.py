@@ -45,26 +45,25 @@ def test_profile_accepts_checkpoint_file(tmp_path):
 
 
 def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
-    from facekd.demo import DemoSize, run_demo
+    from facekd.demo import DemoSize, run_demo, student_rows
 
     tiny = DemoSize(
-        identities=8,
-        images_per_identity=4,
-        size=32,
-        steps=2,
-        batch=8,
-        teacher_width=0.125,
-        student_width=0.25,
-        pairs=20,
-    )
+        identities=8, labelled=4, images_per_identity=4, size=32, teacher_steps=2, steps=2,
+        finetune_steps=2, batch=8, teacher_width=0.25, student_width=0.25, pairs=20,
+        features=32, workers=0,
+    )  # fmt: skip
     md = run_demo(tmp_path, size=tiny)
     report = json.loads((tmp_path / "report.json").read_text())
     names = [row["model"] for row in report["rows"]]
-    assert names == ["teacher", "scratch", "hinton", "neuron_selection", "hr_to_lr", "triplet"]
+    assert names == ["teacher", *(name for name, _, _ in student_rows(tmp_path, tiny))]
     rows = {row["model"]: row for row in report["rows"]}
     for row in rows.values():
         assert row["compression"] > 0 and row["params_M"] > 0 and row["train_s"] > 0
-    assert rows["hr_to_lr"]["input_px"] == 16, "the HR->LR student works at half resolution"
+    assert rows["hr_to_lr"]["input_px"] == rows["kt_only"]["input_px"] == 16
+    # the students learn from labels for 4 of the 8 people; the teacher from all 8
+    cfgs = {name: cfg for name, _, cfg in student_rows(tmp_path, tiny)}
+    assert cfgs["scratch"]["data"]["labelled_identities"] == 4
+    assert {cfgs[n]["train"].get("seed", 0) for n in cfgs} == {0}  # one start, one batch order
     # every accuracy is what the named threshold search gives on the saved model's embeddings
     assert report["threshold_search"]["synthetic_acc"] == THRESHOLD_SEARCH["grid"]
     assert report["threshold_search"]["synthetic_acc_exact"] == THRESHOLD_SEARCH["exact"]
@@ -76,62 +75,57 @@ def test_tiny_demo_trains_evaluates_and_reports(tmp_path):
             res = verify(both, pairs.issame, thresholds=search)
             assert rows[name][key] == pytest.approx(res.accuracy, abs=1e-9), (name, key)
     text = md.read_text()
-    assert "SYNTHETIC" in text and "Face methods against the from-scratch student" in text
-    assert "synthetic (grid)" in text and "synthetic (exact)" in text
-    # each verdict quotes this run's numbers (grid accuracies) for the method and for scratch
-    for name in ("hinton", "neuron_selection", "triplet"):
+    assert "SYNTHETIC" in text and "## What this run shows" in text
+    assert "Each method against its no-teacher baseline" in text
+    # each verdict quotes this run's numbers for the method and for its baseline
+    for name, ref in (
+        ("hinton", "scratch"),
+        ("hr_to_lr", "kt_only"),
+        ("triplet_ft", "triplet_fixed"),
+    ):
         line = next(x for x in text.splitlines() if x.startswith(f"- **{name}**"))
-        acc, ref = rows[name]["synthetic_acc"], rows["scratch"]["synthetic_acc"]
-        assert f"{acc:.4f} vs {ref:.4f}" in line
+        acc, base = rows[name]["synthetic_acc"], rows[ref]["synthetic_acc"]
+        assert f"{ref} at {rows[name]['input_px']} px: {acc:.4f} vs {base:.4f}" in line
+    assert len(report["verdicts"]) == 5 and report["summary"].startswith("The teacher learnt 8")
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert (tmp_path / "roc_synthetic.png").exists()
 
 
-def _verdict_rows(teacher_acc: float, hr_gflops: float) -> list[dict]:
-    def row(model, acc, px=32, gflops=0.03, low=None):
-        return {"model": model, "input_px": px, "synthetic_acc": acc, "synthetic_std": 0.01,
-                "synthetic_acc@16": acc if low is None else low, "gflops": gflops,
-                "latency_b1_ms": 10 * gflops}  # fmt: skip
-
-    return [
-        row("teacher", teacher_acc, low=teacher_acc - 0.05),
-        row("scratch", 0.90, low=0.88),
-        row("neuron_selection", 0.86),
-        row("hr_to_lr", 0.80, px=16, gflops=hr_gflops),
-        row("triplet", 0.85),
-    ]
+def _row(model, acc, std=0.01, px=32, **extra):
+    return {"model": model, "input_px": px, "synthetic_acc": acc, "synthetic_std": std,
+            f"synthetic_acc@{px // 2}": acc - 0.05, **extra}  # fmt: skip
 
 
 def test_demo_verdicts_are_derived_from_the_runs_numbers():
-    from facekd.demo import DemoSize, face_method_verdicts
+    from facekd.demo import DemoSize, method_verdicts, setting_paragraph
 
-    s = DemoSize(identities=80, batch=64, size=32)
-    logs = {
-        "neuron_selection": [{"kd/neuron_selection": 2.0}, {"kd/neuron_selection": 0.5}],
-        "triplet": [{"ce": 9.0, "kd/triplet_distillation": 0.2}, {"ce": 8.0}],
-    }
-    runs = {"triplet": {"data": {"sampler": "pk", "p": 16, "k": 4}}}
-    weak = face_method_verdicts(_verdict_rows(0.905, 0.01), s, logs, runs)
-    strong = face_method_verdicts(_verdict_rows(0.99, 0.015), s, logs, runs)
-    ns_weak, hr_weak, tri_weak = weak
-    ns_strong, hr_strong, _ = strong
-    assert ns_weak.startswith("**neuron_selection** loses to scratch at 32 px: 0.8600 vs 0.9000")
-    assert "teacher it learns from scores 0.9050" in ns_weak and "0.9900" not in ns_weak
-    assert "teacher scores 0.9900 (+0.0900 over scratch)" in ns_strong
-    assert "no identity (ce) term" in ns_weak and "no identity (ce) term" not in tri_weak
-    assert "kd/neuron_selection went from 2 to 0.5 over training (25% of its start)" in ns_weak
-    # the HR->LR student is compared at its own 16 px, with the FLOPs ratio of its rows
-    assert "at 16 px: 0.8000 vs 0.8800" in hr_weak
-    assert "3.0x fewer FLOPs" in hr_weak and "2.0x fewer FLOPs" in hr_strong
-    assert "costs even the teacher 0.0500" in hr_weak
-    assert "16 identities x 4 images" in tri_weak and "up to 64 of the 80" in tri_weak
-    tie = _verdict_rows(0.99, 0.01)
-    tie[2]["synthetic_acc"] = 0.905
-    assert "ties scratch" in face_method_verdicts(tie, s)[0]
-    tie[2]["synthetic_acc"] = 0.93
-    assert face_method_verdicts(tie, s)[0].endswith(
-        "beats scratch at 32 px: 0.9300 vs 0.9000 (+0.0300)."
+    rows = [
+        _row("teacher", 0.95, **{"synthetic_acc@16": 0.90}),
+        _row("scratch", 0.80, std=0.02),
+        _row("scratch_labelled", 0.82),
+        _row("hinton", 0.85),  # +0.05 > band 0.02: beats
+        _row("embedding", 0.81),  # +0.01 within 0.02: ties
+        _row("neuron_selection", 0.70),  # -0.10: loses
+        _row("kt_only", 0.84, px=16),
+        _row("hr_to_lr", 0.88, px=16),
+        _row("triplet_fixed", 0.80),
+        _row("triplet_ft", 0.805, std=0.001),
+    ]
+    logs = {"hinton": [{"kd/hinton": 2.0}, {"kd/hinton": 0.5}]}
+    hinton, emb, ns, hr, tri = method_verdicts(rows, logs)
+    assert hinton == (
+        "**hinton** beats scratch at 32 px: 0.8500 vs 0.8000 (+0.0500; tie band 0.0200); it "
+        "recovers 33% of the teacher's +0.1500 lead; kd/hinton 2 -> 0.5."
     )
+    assert emb.startswith("**embedding** ties scratch at 32 px: 0.8100 vs 0.8000 (+0.0100")
+    assert ns.startswith("**neuron_selection** loses to scratch at 32 px: 0.7000 vs 0.8000")
+    # the 16-px pair is judged at 16 px against the teacher fed 16-px faces (0.90)
+    assert hr.startswith("**hr_to_lr** beats kt_only at 16 px: 0.8800 vs 0.8400 (+0.0400")
+    assert "recovers 67% of the teacher's +0.0600 lead" in hr
+    assert tri.startswith("**triplet_ft** ties triplet_fixed") and "band 0.0100" in tri
+    text = setting_paragraph(rows, DemoSize(identities=160, labelled=16, images_per_identity=12))
+    assert "scores 0.9500 on held-out people" in text and "the teacher is +0.1300 ahead" in text
+    assert "2 method(s) beat their no-teacher baseline" in text and "(hinton, hr_to_lr)" in text
 
 
 def test_train_command_resumes_and_rejects_bad_configs(tmp_path, capsys):
