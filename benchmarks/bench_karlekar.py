@@ -77,8 +77,9 @@ def save_fp16(model: torch.nn.Module, path: Path) -> Path:
     return save_backbone(copy.deepcopy(model).half(), path)
 
 
-def train_rows(rows, seeds, work: Path, students: Path, quick: bool, steps) -> dict:
-    """Train every (row, seed) whose saved student is missing; ``{name: train seconds}``."""
+def train_rows(rows, seeds, work: Path, students: Path, quick: bool, steps, config=None) -> dict:
+    """Train every (row, seed) whose saved student is missing; ``{name: train seconds}``.
+    ``config(row, seed, work, quick, steps) -> dict``: the row's config (``row_config``)."""
     from facekd.config import ExperimentConfig, from_dict, save_config
     from facekd.experiment import build_trainer
     from facekd.models.checkpoints import load_backbone
@@ -88,7 +89,7 @@ def train_rows(rows, seeds, work: Path, students: Path, quick: bool, steps) -> d
         for row in rows:
             name = f"{row}_seed{seed}"
             final = students / f"{name}.pt"
-            cfg = from_dict(ExperimentConfig, row_config(row, seed, work, quick, steps))
+            cfg = from_dict(ExperimentConfig, (config or row_config)(row, seed, work, quick, steps))
             out = Path(cfg.out_dir)
             if final.exists():
                 print(f"-- {name}: saved before, kept ({final})")

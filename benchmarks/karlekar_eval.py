@@ -196,15 +196,17 @@ def cost(teacher, student, quick: bool) -> dict:
 def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, dict, dict]:
     """``(per_model, decisions, pooled)``: ``per_model[name][set]`` = grid / exact accuracy,
     fold std, TAR@1e-3; ``decisions[name][set]`` = per-pair correctness (grid);
-    ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces."""
+    ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces. ``seeds``: one
+    list for every row, or ``{row: seeds}``."""
     from facekd.evaluation.verification import verify
     from facekd.models.checkpoints import load_backbone
 
     refs = reference_models()
     teacher, kt_init = refs["teacher@112"][0], refs["kt_init"][0]
     models = {name: (m, d, None) for name, (m, d) in refs.items()}
+    seeds_of = seeds if isinstance(seeds, dict) else {row: seeds for row in rows}
     for row in rows:
-        for seed in seeds:
+        for seed in seeds_of[row]:
             path = students / f"{row}_seed{seed}.pt"
             models[f"{row}_seed{seed}"] = (load_backbone(path), LOW, path)
     shapes = {k: tuple(v.shape) for k, v in kt_init.state_dict().items()}

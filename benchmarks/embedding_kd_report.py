@@ -1,0 +1,233 @@
+"""Report of ``bench_embedding_kd.py``: mean ± std per row over its seeds, paired tests on the
+per-pair decisions (McNemar per shared seed, sign test over pairs), the embedding cosine to the
+teacher, what the training logs show; Markdown + JSON + PNG.
+
+Every number is computed here from the saved float16 students, the teacher and the packed
+``.bin`` files (``karlekar_eval``: one evaluation path for both HR->LR reports).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from karlekar_eval import LOW, evaluate_all, mcnemar, sign_test
+from karlekar_report import _p, _pm, plot_rows
+
+#: (A, B): does A beat B? Rows trained at the same seeds share starts (within a pair) and
+#: batches, so the tests pair per seed
+COMPARISONS = (
+    ("kt_emb128", "kt_arcface"),
+    ("scratch_emb128", "scratch"),
+    ("kt_emb16", "kt_arcface"),
+    ("kt_emb128_only", "kt_arcface"),
+    ("kt_emb128", "kt_emb16"),
+)
+LABELS = {
+    "teacher@112": "teacher, 112-px faces (reference)",
+    "teacher@56": "teacher fed the same 56-px faces (no training)",
+    "kt_init": "KT student before training (teacher weights at 56 px)",
+    "kt_arcface": "KT start, ArcFace only (no teacher while training)",
+    "kt_emb128": "KT start, ArcFace + embedding mimic x128",
+    "kt_emb16": "KT start, ArcFace + embedding mimic x16",
+    "kt_emb128_only": "KT start, embedding mimic x128, no ArcFace",
+    "scratch": "random start, ArcFace only",
+    "scratch_emb128": "random start, ArcFace + embedding mimic x128",
+}
+REFERENCES = ("teacher@112", "teacher@56", "kt_init")
+
+
+def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
+    """Mean cosine between a model's embeddings of a set's faces and the 112-px teacher's
+    (both cached by ``embed_sets``): how closely the student reproduces the teacher."""
+    a = np.load(runs / "emb" / f"{name}.npz")[set_name]
+    b = np.load(runs / "emb" / "teacher@112.npz")[set_name]
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def log_terms(run: Path, window: int = 3) -> dict:
+    """First / last logged ArcFace loss, embedding-mimic loss and img/s (``log.csv``)."""
+    lines = list(csv.DictReader((run / "log.csv").open()))
+    out = {}
+    for key in ("ce", "kd/embedding", "img_per_s"):
+        vals = [float(r[key]) for r in lines if r.get(key) not in (None, "")]
+        if vals:
+            out[f"{key}_first"] = float(np.mean(vals[:window]))
+            out[f"{key}_last"] = float(np.mean(vals[-window:]))
+    return out
+
+
+def summarise(seeds_of: dict, per_model: dict, names, prefix: str) -> list[dict]:
+    """One line per row: mean ± std (sample) over the row's seeds and the per-seed values."""
+    lines = []
+    for key in REFERENCES:
+        line = {"row": key, "seeds": None}
+        for s in names:
+            line[f"{s}_mean"], line[f"{s}_std"] = per_model[key][s]["acc"], None
+        lines.append(line)
+    for row, seeds in seeds_of.items():
+        line = {"row": row, "seeds": list(seeds)}
+        for s in names:
+            vals = [per_model[f"{prefix}{row}_seed{k}"][s]["acc"] for k in seeds]
+            line[f"{s}_mean"] = float(np.mean(vals))
+            line[f"{s}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            line[f"{s}_per_seed"] = vals
+        lines.append(line)
+    return lines
+
+
+def paired(seeds_of: dict, decisions: dict, names, prefix: str) -> list[dict]:
+    """Per comparison and set: the seeds both rows trained at, McNemar per seed, sign test."""
+    tests = []
+    for a, b in COMPARISONS:
+        if a not in seeds_of or b not in seeds_of:
+            continue
+        seeds = [k for k in seeds_of[a] if k in seeds_of[b]]
+        for s in names:
+            da = np.stack([decisions[f"{prefix}{a}_seed{k}"][s] for k in seeds])
+            db = np.stack([decisions[f"{prefix}{b}_seed{k}"][s] for k in seeds])
+            tests.append(
+                {
+                    "a": a, "b": b, "set": s, "seeds": seeds,
+                    "delta_points_per_seed": [
+                        float(100 * (x.mean() - y.mean())) for x, y in zip(da, db, strict=True)
+                    ],
+                    "mcnemar_per_seed": [dict(seed=k, **mcnemar(x, y))
+                                         for k, x, y in zip(seeds, da, db, strict=True)],
+                    "sign_test": sign_test(da, db),
+                }
+            )  # fmt: skip
+    return tests
+
+
+def verdict(t: dict) -> str:
+    """One sentence per test, built from its numbers; a difference counts as a win only
+    when every seed agrees and the sign test over pairs has p < 0.05."""
+    d = float(np.mean(t["delta_points_per_seed"]))
+    won = sum(x > 0 for x in t["delta_points_per_seed"])
+    n = len(t["delta_points_per_seed"])
+    st = t["sign_test"]
+    sig = st["p"] < 0.05
+    if sig and won == n and d > 0:
+        word = "beats"
+    elif sig and won == 0 and d < 0:
+        word = "loses to"
+    else:
+        word = "does not separate from"
+    return (
+        f"**{t['a']} {word} {t['b']} on {t['set']}**: {d:+.2f} points (mean over {n} seed(s)), "
+        f"ahead in {won} of {n}; sign test over pairs {st['a_better']} / {st['b_better']}, "
+        f"p = {_p(st['p'])}."
+    )
+
+
+def write_embedding_kd_report(
+    rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
+    prep_seconds: float, wall_start: float, train_cfg: dict,
+) -> Path:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    names = [ps.name for ps in sets]
+    seeds_of = {
+        r: [k for k in seeds if (students / f"{prefix}{r}_seed{k}.pt").exists()]
+        for r, seeds in rows.items()
+    }
+    seeds_of = {r: s for r, s in seeds_of.items() if s}
+    trained = [prefix + r for r in seeds_of]
+    per_model, decisions, _ = evaluate_all(
+        trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets
+    )
+    lines = summarise(seeds_of, per_model, names, prefix)
+    tests = paired(seeds_of, decisions, names, prefix)
+    cos = {
+        r: float(np.mean([embedding_cosine(runs, f"{prefix}{r}_seed{k}") for k in s]))
+        for r, s in seeds_of.items()
+    }
+    cos |= {r: embedding_cosine(runs, r) for r in REFERENCES}
+    logs = {r: [log_terms(runs / f"{r}_seed{k}") for k in s] for r, s in seeds_of.items()}
+    plot_rows(
+        lines, names, out / "accuracy.png",
+        f"Embedding distillation, legacy MobileFaceNet at {LOW} px: mean ± std over seeds",
+    )  # fmt: skip
+    tr, data = train_cfg["train"], train_cfg["data"]
+    n_train = sum(1 for _ in Path(data["path"]).rglob("*.jpg"))
+    n_ids = sum(1 for d in Path(data["path"]).iterdir() if d.is_dir())
+    md = [
+        f"# Embedding distillation on every training photo: the legacy MobileFaceNet at {LOW} px\n",
+        f"- Training: {n_train} aligned photos of {n_ids} identities (CelebA-299 + "
+        "CelebA-tight-1756, facekd's MTCNN + ArcFace template; tight crops padded 40 %); every "
+        f"student {tr['steps']} steps of batch {data['batch_size']} "
+        f"({tr['steps'] * data['batch_size'] / n_train:.2f} epochs), warm-up "
+        f"{tr['warmup_steps']}, cosine decay, SGD momentum 0.9, clip 5, ArcFace s = 32, "
+        "m = 0.3; base lr 0.01 after KT, 0.1 from scratch (METHODS 2.5). Seed k = one batch "
+        "order and flip sequence for every row, and one start within each pair.",
+        "- Embedding mimic: `1 - cos(e_s, e_t)` between the student's embedding of the 56-px "
+        "face and the 112-px teacher's (cached, both flip views). L2 on normalised embeddings "
+        "is the same loss at twice the weight (`|a - b|^2 = 2 - 2 cos` for unit vectors).",
+        '- Verification: insightface protocol, grid thresholds (`verify(thresholds="grid")`), '
+        "official folds; " + ", ".join(f"{ps.name} {len(ps)} pairs" for ps in sets) + ".",
+        f"- Preparation {prep_seconds:.0f} s of this run; {platform.machine()}, shared machine.\n",
+        "## Accuracy (%), mean ± std over seeds\n",
+        "| row | what | seeds | " + " | ".join(names) + " | emb. cos to teacher (LFW) |",
+        "|---|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for line in lines:
+        r = line["row"]
+        seeds = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
+        md.append(
+            f"| {r} | {LABELS[r]} | {seeds} | "
+            + " | ".join(_pm(line, n) for n in names)
+            + f" | {cos[r]:.3f} |"
+        )
+    md.append("\n![accuracy](accuracy.png)\n\n## Paired tests on the per-pair decisions\n")
+    md += [
+        "| A vs B | set | seeds | Δ per seed (points) | McNemar per seed (A only / B only, p) "
+        "| sign test (A / B pairs, p) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in tests:
+        mc = "; ".join(f"{m['a_only']}/{m['b_only']}, {_p(m['p'])}" for m in t["mcnemar_per_seed"])
+        st = t["sign_test"]
+        md.append(
+            f"| {t['a']} vs {t['b']} | {t['set']} | {','.join(map(str, t['seeds']))} | "
+            + ", ".join(f"{v:+.2f}" for v in t["delta_points_per_seed"])
+            + f" | {mc} | {st['a_better']} / {st['b_better']}, {_p(st['p'])} |"
+        )
+    md.append("\n" + "\n".join(f"- {verdict(t)}" for t in tests) + "\n")
+    md.append("## What the logs show (first → last logged steps, mean over seeds)\n")
+    for r, ls in logs.items():
+        parts = []
+        if "ce_first" in ls[0]:
+            parts.append(
+                f"ArcFace loss {np.mean([x['ce_first'] for x in ls]):.2f} → "
+                f"{np.mean([x['ce_last'] for x in ls]):.2f}"
+            )
+        if "kd/embedding_first" in ls[0]:
+            first = 1 - np.mean([x["kd/embedding_first"] for x in ls])
+            last = 1 - np.mean([x["kd/embedding_last"] for x in ls])
+            parts.append(f"embedding cosine to the teacher on the training faces {first:.3f} → "
+                         f"{last:.3f}")  # fmt: skip
+        parts.append(f"{np.mean([x['img_per_s_last'] for x in ls]):.0f} training img/s")
+        md.append(f"- **{r}**: " + "; ".join(parts) + ".")
+    secs = {k: v for k, v in times.items() if v is not None}
+    wall = time.perf_counter() - wall_start
+    md.append(
+        "\nCost of the student: the 56-px row of `karlekar/report.md` (the same architecture: "
+        "0.113 GFLOPs against the teacher's 0.442). Command: `.venv/bin/python "
+        f"benchmarks/bench_embedding_kd.py`; this report took {wall / 60:.1f} min.\n"
+    )
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    report = {
+        "rows": lines, "per_model": per_model, "paired_tests": tests,
+        "verdicts": [verdict(t) for t in tests], "embedding_cosine_lfw": cos, "logs": logs,
+        "train_seconds": secs, "seeds": seeds_of, "steps": tr["steps"],
+        "batch": data["batch_size"], "train_photos": n_train, "identities": n_ids,
+    }  # fmt: skip
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    return path
