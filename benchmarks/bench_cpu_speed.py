@@ -158,7 +158,7 @@ def child_train(variant: str, args) -> dict:
             opt.zero_grad(set_to_none=True)
 
     else:
-        from facekd.distill import Distiller
+        from facekd.engine.distiller import Distiller
         from facekd.runtime import tune_cpu
         from facekd.types import Batch
 
@@ -215,7 +215,7 @@ def child(variant: str, args) -> int:
         res = child_train(variant, args)
     else:
         res = child_embed(variant, args)
-    from facekd import runtime
+    from facekd.runtime import cpu as runtime
 
     res["runtime"] = runtime._REPORT.summary() if runtime._REPORT else "not called"
     Path(args.child_out).write_text(json.dumps(res))

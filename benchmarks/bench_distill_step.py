@@ -27,10 +27,10 @@ import torch
 
 from facekd.data.batching import collate_batch
 from facekd.data.synthetic import SyntheticFaces
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses import build_loss
 from facekd.models import build_backbone, build_head
-from facekd.teacher_cache import build_teacher_cache
+from facekd.teachers.cache import build_teacher_cache
 
 
 def make_variant(student_name, teacher, cache, size, classes, online_bf16=False, dim=512):

@@ -96,7 +96,7 @@ def prepare_all_photos(work: Path) -> Path:
 def build_cache(work: Path) -> None:
     """The 112-px teacher's embeddings of every photo, both flip views (one pass each)."""
     from facekd.config import ExperimentConfig, from_dict
-    from facekd.experiment import build_distiller, training_dataset
+    from facekd.engine.builder import build_distiller, training_dataset
 
     cfg = from_dict(ExperimentConfig, row_config("kt_emb128", 0, work, False, None))
     t0 = time.perf_counter()

@@ -81,7 +81,7 @@ def train_rows(rows, seeds, work: Path, students: Path, quick: bool, steps, conf
     """Train every (row, seed) whose saved student is missing; ``{name: train seconds}``.
     ``config(row, seed, work, quick, steps) -> dict``: the row's config (``row_config``)."""
     from facekd.config import ExperimentConfig, from_dict, save_config
-    from facekd.experiment import build_trainer
+    from facekd.engine.builder import build_trainer
     from facekd.models.checkpoints import load_backbone
 
     times = {}

@@ -164,7 +164,7 @@ def prepare_training_set(work: Path, quick: bool) -> Path:
 def train_students(methods, work: Path, quick: bool, steps: int | None) -> dict[str, float]:
     """Train every method not finished yet; returns ``{method: train seconds}``."""
     from facekd.config import ExperimentConfig, from_dict
-    from facekd.experiment import build_trainer
+    from facekd.engine.builder import build_trainer
 
     times_path = work / "train_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
@@ -186,7 +186,7 @@ def train_students(methods, work: Path, quick: bool, steps: int | None) -> dict[
 def select_neurons(work: Path, cfg) -> None:
     """Luo et al.'s selection on the cached teacher embeddings, identity-label criterion."""
     from facekd.data.folder import ImageFolderDataset
-    from facekd.selection import run_selection
+    from facekd.teachers.select_neurons import run_selection
 
     dataset = ImageFolderDataset(cfg.data.path)
     k = round(0.824 * 128)  # the paper's 422 of 512 outputs, on the teacher's 128
@@ -199,7 +199,7 @@ def select_neurons(work: Path, cfg) -> None:
 def build_cache(work: Path, quick: bool) -> None:
     """The teacher cache every distillation run reads (what ``facekd cache-teacher`` does)."""
     from facekd.config import ExperimentConfig, from_dict
-    from facekd.experiment import build_distiller, training_dataset
+    from facekd.engine.builder import build_distiller, training_dataset
 
     cfg = from_dict(ExperimentConfig, method_config("embedding", work, quick))
     t0 = time.perf_counter()

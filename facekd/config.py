@@ -20,8 +20,6 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from facekd.train_settings import TrainSettings
-
 T = TypeVar("T")
 
 
@@ -150,6 +148,29 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 # -- the experiment schema (what `facekd train CONFIG` reads) -------------------------------
+@dataclasses.dataclass
+class TrainSettings:
+    """How to train (the Trainer's knobs; see ``facekd.config.TrainConfig`` for the YAML side)."""
+
+    steps: int = 1000
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    accumulate: int = 1
+    clip_grad_norm: float = 0.0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 0
+    seed: int = 0
+    progress: bool = True
+
+
 @dataclasses.dataclass
 class ModelSpec:
     """A backbone: registry name, facekd / insightface checkpoint or legacy MXNet prefix."""

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from facekd import dist
 from facekd.data.sampler import ShuffledBatchSampler
 from facekd.data.synthetic import SyntheticFaces
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
+from facekd.engine.settings import TrainSettings
+from facekd.engine.trainer import NonFiniteLossError, Trainer
 from facekd.models import build_backbone, build_head
-from facekd.teacher_cache import build_teacher_cache, fingerprint_module
-from facekd.train import NonFiniteLossError, Trainer
-from facekd.train_settings import TrainSettings
+from facekd.runtime import dist
+from facekd.teachers.cache import build_teacher_cache, fingerprint_module
 
 
 class CountingTeacher(torch.nn.Module):

@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from facekd import dist
 from facekd.config import ExperimentConfig, load_config
-from facekd.experiment import build_trainer
+from facekd.engine.builder import build_trainer
+from facekd.runtime import dist
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`facekd.api`: load + embed + verify on synthetic crops and real photos; `facekd verify`."""
+"""`facekd.deploy.api`: load + embed + verify on synthetic crops and real photos;
+`facekd verify`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facekd.api import DEFAULT_THRESHOLD, NoFaceError, load
 from facekd.cli import main
 from facekd.data.synthetic import SyntheticFaces
+from facekd.deploy.api import DEFAULT_THRESHOLD, NoFaceError, load
 from facekd.evaluation.embed import extract_embeddings
 from facekd.models.checkpoints import save_backbone
 from tests.conftest import shared_path

@@ -91,7 +91,7 @@ def test_seeding_reproduces_augmentation(face):
     random.random()
     assert all(np.array_equal(a, s1[1](face)) for a in first)
     assert not all(np.array_equal(first[0], x) for x in first[1:])
-    # seed=None follows Python's global RNG (what facekd.train.SeededItems seeds per item)
+    # seed=None follows Python's global RNG (what facekd.engine.trainer.SeededItems seeds per item)
     free = FaceAugment(photometric_p=0.8)
     random.seed(5)
     a = free(face)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-import facekd.embed_folder as ef
+import facekd.deploy.embed_folder as ef
 from facekd.cli import main
 from facekd.data.synthetic import SyntheticFaces
-from facekd.embed_folder import embed_folder
+from facekd.deploy.embed_folder import embed_folder
 from facekd.evaluation.embed import extract_embeddings
 from facekd.models.checkpoints import load_backbone, save_backbone
 from tests.conftest import shared_path
@@ -128,7 +128,7 @@ def test_other_settings_do_not_mix(crops_dir, ckpt, tmp_path):
 
 
 def test_onnx_backend_matches_torch(crops_dir, ckpt, tmp_path):
-    from facekd.export import _write_onnx
+    from facekd.deploy.export import _write_onnx
 
     onnx_path = tmp_path / "s.onnx"
     _write_onnx(load_backbone(ckpt), onnx_path, 17, dynamo=False)

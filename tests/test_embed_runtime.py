@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import facekd.evaluation.embed as embed_mod
-from facekd import runtime
-from facekd.api import FaceModel, load
+from facekd.deploy.api import FaceModel, load
 from facekd.evaluation.embed import (
     extract_embeddings,
     fold_batchnorm,
@@ -19,6 +18,7 @@ from facekd.evaluation.embed import (
     prefers_channels_last,
 )
 from facekd.models import build_backbone
+from facekd.runtime import cpu as runtime
 from tests.conftest import TINY_KWARGS
 
 
@@ -160,7 +160,7 @@ def test_api_load_tunes_and_stores_its_own_copy_channels_last(monkeypatch, tmp_p
     from facekd.models.checkpoints import save_backbone
 
     calls = []
-    monkeypatch.setattr("facekd.api.tune_cpu", lambda: calls.append(1))
+    monkeypatch.setattr("facekd.deploy.api.tune_cpu", lambda: calls.append(1))
     model = build_backbone("mobilefacenet", **TINY_KWARGS["mobilefacenet"]).eval()
     save_backbone(model, tmp_path / "m.pt")
     fm = load(tmp_path / "m.pt", bf16=True)

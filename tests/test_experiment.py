@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facekd.config import ExperimentConfig, load_config
-from facekd.experiment import build_evaluator, build_trainer
+from facekd.engine.builder import build_evaluator, build_trainer
 from facekd.models.checkpoints import load_backbone
 
 TINY = [

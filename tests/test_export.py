@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import facekd.export as export_mod
+import facekd.deploy.export as export_mod
 from facekd.cli import main
 from facekd.data.transforms import to_tensor
+from facekd.deploy.export import ExportError, export_onnx, parity_faces
 from facekd.evaluation.embed import extract_embeddings
-from facekd.export import ExportError, export_onnx, parity_faces
 from facekd.models import build_backbone
 from facekd.models.checkpoints import save_backbone
 from tests.conftest import shared_path

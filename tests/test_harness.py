@@ -19,7 +19,7 @@ from facekd.data.batching import collate_batch
 from facekd.data.folder import ImageFolderDataset
 from facekd.data.synthetic import SyntheticFaces
 from facekd.data.transforms import ImageDecodeError, read_rgb
-from facekd.experiment import (
+from facekd.engine.builder import (
     build_distiller,
     build_trainer,
     teacher_view_is_random,
@@ -28,7 +28,7 @@ from facekd.experiment import (
 )
 from facekd.models import build_backbone
 from facekd.models.checkpoints import load_backbone, save_backbone
-from facekd.teacher_cache import CacheMismatchError, build_teacher_cache
+from facekd.teachers.cache import CacheMismatchError, build_teacher_cache
 
 TINY = [
     "data.identities=4",
@@ -193,7 +193,7 @@ def test_mining_losses_need_pk_batches_and_log_their_triplets(tmp_path, teacher_
 
 
 def test_neuron_selection_student_is_k_wide_and_bound_to_its_teacher(tmp_path, teacher_file):
-    from facekd.selection import run_selection
+    from facekd.teachers.select_neurons import run_selection
 
     teacher = load_backbone(teacher_file)
     run_selection(teacher, SyntheticFaces(4, 4, size=32), tmp_path / "sel.json", k=24)

@@ -14,7 +14,7 @@ import torch
 
 from facekd.data.synthetic import SyntheticFaces
 from facekd.models import build_backbone
-from facekd.teacher_cache import build_teacher_cache
+from facekd.teachers.cache import build_teacher_cache
 
 WORKER = Path(__file__).with_name("ddp_harness_worker.py")
 

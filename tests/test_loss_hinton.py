@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses.hinton import (
     HintonKD,
     column_targets,

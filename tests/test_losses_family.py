@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses.attention import AttentionTransfer
 from facekd.losses.fitnets import FitNets
 from facekd.losses.fsp import FSP
@@ -140,7 +140,7 @@ def test_two_stage_schedule_through_configs(tmp_path):
     """FitNets stage 1 (hint only, ce_weight 0) -> stage 2 from stage 1's student.pt, as the
     FitNets docstring describes; YAML-style kwargs (lists) reach the losses."""
     from facekd.config import ExperimentConfig, load_config
-    from facekd.experiment import build_trainer
+    from facekd.engine.builder import build_trainer
     from facekd.models.checkpoints import load_backbone
 
     tiny = [

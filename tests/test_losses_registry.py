@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses import LOSSES, build_loss
 from facekd.models import build_backbone, build_head
 from facekd.types import Batch

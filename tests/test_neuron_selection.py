@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import f_oneway
 
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses.neuron_selection import NeuronSelectionLoss, neuron_selection_loss
 from facekd.models import build_backbone
 from facekd.selection import (
@@ -18,13 +18,13 @@ from facekd.selection import (
     DEFAULT_NA,
     NeuronSelection,
     read_attribute_file,
-    run_selection,
     select_neurons,
     validate_split,
 )
 from facekd.selection.solver import descent_guaranteed, mean_field, solve_k
 from facekd.selection.statistics import identity_scores, threshold_balanced_accuracy
-from facekd.teacher_cache import build_teacher_cache
+from facekd.teachers.cache import build_teacher_cache
+from facekd.teachers.select_neurons import run_selection
 from facekd.types import Batch, ModelOutput
 
 

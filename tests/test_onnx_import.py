@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from facekd import cli
-from facekd.export import export_onnx
+from facekd.deploy.export import export_onnx
 from facekd.models import build_backbone
 from facekd.models.checkpoints import CheckpointError, load_backbone, save_backbone
 from facekd.models.onnx_import import OnnxImportError, import_onnx
@@ -278,7 +278,7 @@ def test_cli_import_onnx(own_exports, tmp_path, capsys):
 def test_white_box_teacher_and_kt_student(tmp_path):
     """``teacher: {model: x.onnx}`` has stages and pooled; ``student.init: kt`` at 16 px."""
     from facekd.config import ExperimentConfig, load_config
-    from facekd.experiment import build_trainer
+    from facekd.engine.builder import build_trainer
     from facekd.models.transfer import build_kt_student
 
     name, kwargs = VARIANTS["fc_head"]

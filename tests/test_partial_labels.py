@@ -12,7 +12,7 @@ from facekd.data.batching import collate_batch
 from facekd.data.partial_labels import PartialLabels
 from facekd.data.sampler import PKBatchSampler
 from facekd.data.synthetic import SyntheticFaces
-from facekd.experiment import build_trainer, training_dataset
+from facekd.engine.builder import build_trainer, training_dataset
 from facekd.models.heads import build_head
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facekd.config import ExperimentConfig, from_dict
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses.pooling_transfer import HRLRSchedule, PoolingTransfer, pooling_transfer_loss
 from facekd.models import build_backbone
 from facekd.models.transfer import (
@@ -237,7 +237,7 @@ def test_kt_student_file_loads_as_experiment_student(tmp_path):
 
     student, _ = build_kt_student(_teacher(), input_size=56, head="gap", fc="resize")
     path = save_backbone(student, tmp_path / "kt56.pt")
-    # what facekd.experiment does with student.name=<file> and data.student_size=56
+    # what facekd.engine.builder does with student.name=<file> and data.student_size=56
     loaded = load_backbone(path, input_size=56)
     assert loaded.input_size == 56 and loaded.head == "gap"
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from facekd import runtime
+from facekd.runtime import cpu as runtime
 
 
 class FakeLibc:
@@ -116,7 +116,7 @@ def test_available_cpus_respects_affinity():
 _PROBE = """
 import ctypes, json, os, sys
 import torch
-import facekd, facekd.runtime as rt
+import facekd, facekd.runtime.cpu as rt
 state = {"after_import": rt._REPORT is None}
 if sys.argv[1] == "tune":
     rt.tune_cpu()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekd.api import DEFAULT_THRESHOLD, load
 from facekd.cli import main
 from facekd.data.synthetic import SyntheticFaces
 from facekd.data.verification import write_bin
+from facekd.deploy.api import DEFAULT_THRESHOLD, load
 from facekd.evaluation.embed import extract_embeddings
 from facekd.models.checkpoints import save_backbone
 from facekd.search import Gallery, calibrate, calibration_record, read_calibration
@@ -186,7 +186,7 @@ def test_search_csv_open_set_and_wrong_model(ckpt, people, tmp_path, capsys):
     assert main([*args[:1], str(probes / "x.png"), *args[2:]]) == 0  # one image
     assert _rows(out)[0]["path"] == "x.png"
     # a calibrated 1:1 threshold: the search states its open-set false-accept bound
-    from facekd.embed_folder import fingerprint
+    from facekd.deploy.embed_folder import fingerprint
     from facekd.search import search
     from facekd.search.sidecar import write_calibration
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from facekd.data.batching import collate_batch
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses import build_loss
 from facekd.models import build_backbone
-from facekd.teacher_cache import CacheMismatchError, TeacherCache, build_teacher_cache
+from facekd.teachers.cache import CacheMismatchError, TeacherCache, build_teacher_cache
 
 
 class Faces(torch.utils.data.Dataset):

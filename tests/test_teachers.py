@@ -9,18 +9,18 @@ import torch.nn.functional as F
 
 from facekd.config import ExperimentConfig, from_dict
 from facekd.data.synthetic import SyntheticFaces
-from facekd.distill import Distiller
-from facekd.experiment import build_dataset, build_distiller
+from facekd.engine.builder import build_dataset, build_distiller
+from facekd.engine.distiller import Distiller
 from facekd.losses import build_loss
 from facekd.models import build_backbone, build_head
 from facekd.models.checkpoints import save_backbone
-from facekd.teacher_cache import build_teacher_cache
 from facekd.teachers import (
     OnnxTeacher,
     OnnxTeacherError,
     TeacherEnsemble,
     average_probabilities_as_logits,
 )
+from facekd.teachers.cache import build_teacher_cache
 from facekd.teachers.fitted_head import fit_teacher_head
 
 SIZE = 32
@@ -35,7 +35,7 @@ def _backbone(seed: int, **kw) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny MobileFaceNet, its facekd checkpoint and its facekd ONNX export."""
-    from facekd.export import export_onnx
+    from facekd.deploy.export import export_onnx
 
     root = tmp_path_factory.mktemp("onnx_teacher")
     model = _backbone(0)
@@ -327,7 +327,7 @@ def test_real_legacy_model_as_onnx_teacher_caches_what_torch_does(tmp_path):
     """The real InsightFace MobileFaceNet, exported by facekd, as an ONNX teacher over the
     real aligned faces of the RecordIO sample: the same cache as the torch model."""
     from facekd.data.recordio import RecordIODataset
-    from facekd.export import export_onnx
+    from facekd.deploy.export import export_onnx
     from facekd.models.checkpoints import load_backbone
     from tests.conftest import shared_path
 

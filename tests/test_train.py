@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from facekd.data.sampler import PKBatchSampler
-from facekd.distill import Distiller
+from facekd.engine.distiller import Distiller
+from facekd.engine.trainer import NonFiniteLossError, Trainer, TrainSettings
 from facekd.losses import build_loss
 from facekd.losses.base import DistillLoss
 from facekd.models import build_backbone
 from facekd.models.checkpoints import load_backbone
-from facekd.train import NonFiniteLossError, Trainer, TrainSettings
 
 
 class NoisyFaces(torch.utils.data.Dataset):

@@ -26,7 +26,7 @@ every worker. ``FaceAugment`` therefore re-seeds its pipeline on every call from
 ``transform(image, seed=s)`` is a pure function of ``(image, s)``. Without ``seed`` in the call,
 the integer comes from the instance's own stream when it was built with ``seed=int`` (a
 reproducible sequence of calls in one process), or from Python's global ``random`` when built
-with ``seed=None`` (default) -- the RNG that ``facekd.train.SeededItems`` seeds from
+with ``seed=None`` (default) -- the RNG that ``facekd.engine.trainer.SeededItems`` seeds from
 ``(seed, epoch, index)`` for each item, so augmentation is then reproducible across resumes and
 independent of the number of workers.
 
@@ -121,8 +121,8 @@ class FaceAugment:
             (default True); False returns only the low-resolution image (e.g. low-resolution
             evaluation).
         seed: ``None`` (default) draws each call's seed from Python's global ``random``
-            (seeded per item by ``facekd.train.SeededItems``, per worker by the DataLoader):
-            the setting for training. An int gives the instance a private, reproducible
+            (seeded per item by ``facekd.engine.trainer.SeededItems``, per worker by the
+            DataLoader): the setting for training. An int gives the instance a private, reproducible
             stream of call seeds, for single-process use (tests, fixed low-resolution
             evaluation views): DataLoader workers would each copy, and repeat, that stream.
     """

@@ -1,6 +1,6 @@
 """What a data set *is*, for keying caches: a JSON-able manifest, its hash, and a readable diff.
 
-A teacher cache (``facekd.teacher_cache``) and a neuron selection are only valid for the exact
+A teacher cache (``facekd.teachers.cache``) and a neuron selection are only valid for the exact
 images they were computed on. Length and labels are not enough: re-aligning a folder with a
 better detector keeps both and changes every pixel. So each facekd data set describes itself
 with ``manifest()``:

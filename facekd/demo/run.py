@@ -24,8 +24,8 @@ from facekd.config import ExperimentConfig, from_dict
 from facekd.data.synthetic import SyntheticFaces, synthetic_pairset
 from facekd.demo.setting import FULL, DemoSize, student_rows, teacher_config
 from facekd.demo.verdicts import method_verdicts, setting_paragraph
+from facekd.engine.builder import build_trainer
 from facekd.evaluation.bench import run_benchmark
-from facekd.experiment import build_trainer
 from facekd.models.checkpoints import load_backbone
 
 
@@ -53,7 +53,7 @@ def run_demo(
     teacher_path, teacher_time = _train(teacher_config(out, s))
     teacher = load_backbone(teacher_path)
 
-    from facekd.selection import run_selection
+    from facekd.teachers.select_neurons import run_selection
 
     labelled = SyntheticFaces(s.labelled, s.images_per_identity, size=s.size)
     k = round(0.824 * s.features)

@@ -1,4 +1,8 @@
-"""Deployment: int8 post-training quantisation with onnxruntime and onnxruntime latency.
+"""Deployment: what runs a trained student outside training.
+
+``export`` (ONNX export checked in onnxruntime), ``api`` (``facekd.load``: embed / verify
+photos), ``embed_folder`` (``facekd embed``: a folder of photos, resumable), and int8
+post-training quantisation with onnxruntime and onnxruntime latency:
 
 ``quantize_onnx`` (``facekd quantize``), the calibration sources it reads
 (``calibration.load_faces``), the exact PReLU rewrite (``graph.rewrite_prelu``), fp32 / int8 /

@@ -337,3 +337,31 @@ def extract_embeddings(
     if not np.isfinite(out).all():
         raise ValueError("the model produced NaN or inf embeddings")
     return out
+
+
+@torch.no_grad()
+def dataset_embeddings(
+    model: nn.Module,
+    dataset,
+    indices: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """``(N, D)`` float32 embeddings of a training data set's items as the teacher sees them
+    (``forward_features(batch.teacher_view).embedding``: the data set's own transform, no
+    flip-sum, not normalised): the path neuron selection and the fitted teacher head share.
+    ``extract_embeddings`` is the one path for face images (evaluation, ``facekd embed``)."""
+    from facekd.data.batching import collate_batch
+
+    model = model.to(device).eval()
+    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
+    loader = DataLoader(
+        subset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch
+    )
+    chunks = [
+        model.forward_features(batch.to(device).teacher_view).embedding.float().cpu().numpy()
+        for batch in loader
+    ]
+    return np.concatenate(chunks, axis=0)

@@ -43,7 +43,7 @@ class DistillLoss(nn.Module):
         return {}
 
     def check_teacher(self, fingerprint: str) -> None:
-        """Refuse a teacher (``facekd.teacher_cache.fingerprint_module``) that pre-fitted state
+        """Refuse a teacher (``facekd.teachers.cache.fingerprint_module``) that pre-fitted state
         was not made from (default: any teacher serves)."""
 
     def build(self, student: ModelOutput, teacher: ModelOutput) -> None:

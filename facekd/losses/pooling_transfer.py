@@ -141,7 +141,7 @@ class HRLRSchedule:
     Attributes:
         teacher_res: teacher input side (the aligned crop, ``data.image_size``).
         student_res: student input side (``data.student_size``; the student is built with
-            ``input_size=student_res`` by ``facekd.experiment``; do not repeat it in
+            ``input_size=student_res`` by ``facekd.engine.builder``; do not repeat it in
             ``student.kwargs``).
         init: ``"kt"`` (student weights from a same-architecture teacher via
             ``facekd.models.transfer.build_kt_student``, then fine-tune at ``lr_kt``) or

@@ -33,6 +33,11 @@ def check_input_size(input_size: int, minimum: int = 16) -> int:
     return input_size
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message says why and what to do (raised by
+    ``facekd.models.checkpoints`` and the ONNX importer; defined here, below both)."""
+
+
 class FaceBackbone(nn.Module):
     """Base class: the forward / forward_features contract on top of ``_body`` and ``_head``."""
 

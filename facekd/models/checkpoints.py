@@ -29,15 +29,11 @@ import torch
 from torch import Tensor
 
 from facekd.models import BACKBONES, build_backbone
-from facekd.models.base import FaceBackbone
+from facekd.models.base import CheckpointError, FaceBackbone
 
 FORMAT = "facekd.backbone/1"
 _PREFIXES = ("module.", "backbone.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict_backbone", "backbone", "state_dict", "model", "student")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facekd.models.checkpoints import CheckpointError
+from facekd.models.base import CheckpointError
 from facekd.models.onnx_graph import Node, OnnxGraph
 
 _PREFIX_OPS = ("Sub", "Mul", "Div", "Add")

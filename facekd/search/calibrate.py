@@ -73,7 +73,7 @@ def folder_scores(model, folder, aligned: bool = False, embeddings=None, **embed
     ``embeddings``: where ``embed_folder`` keeps the per-image embeddings (resumable); default
     a temporary folder, removed afterwards.
     """
-    from facekd.embed_folder import embed_folder
+    from facekd.deploy.embed_folder import embed_folder
 
     with tempfile.TemporaryDirectory(prefix="facekd-calibrate-") as tmp:
         out = Path(embeddings) if embeddings else Path(tmp) / "calibration.npz"
@@ -131,8 +131,8 @@ def calibrate(
 ) -> dict:
     """Calibrate ``model`` (a file / folder / prefix) on ``bin_path`` or ``folder``; the record
     (also written into the sidecar when ``save``), with ``"failed"`` images of a folder."""
-    from facekd.api import load
-    from facekd.embed_folder import fingerprint
+    from facekd.deploy.api import load
+    from facekd.deploy.embed_folder import fingerprint
 
     if (bin_path is None) == (folder is None):
         raise ValueError("give exactly one of a verification .bin or a labelled folder")

@@ -2,9 +2,9 @@
 
 Input ``DIR/<person>/<photo>`` (raw photos, detected and aligned as ``facekd embed`` does, or
 aligned crops with ``aligned=True``; any depth below the person's folder). Every photo is
-embedded by ``facekd.embed_folder.embed_folder`` into ``<gallery>.images.npz``: resumable after
-a kill (atomic shards), a rerun embeds only new photos, failures are listed with their reason
-in ``<gallery>.images.failed.json``.
+embedded by ``facekd.deploy.embed_folder.embed_folder`` into ``<gallery>.images.npz``:
+resumable after a kill (atomic shards), a rerun embeds only new photos, failures are listed
+with their reason in ``<gallery>.images.failed.json``.
 
 Template of a person (the usual rule for an identity's photos, e.g. insightface's IJB template
 pooling without quality weights): the mean of the person's L2-normalised flip-sum embeddings,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.data.align_tree import list_images
-from facekd.embed_folder import _save_npz, embed_folder, fingerprint
+from facekd.deploy.embed_folder import _save_npz, embed_folder, fingerprint
 from facekd.evaluation.verification import l2_normalize
 
 GALLERY_FORMAT = "facekd.gallery/1"

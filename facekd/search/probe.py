@@ -54,7 +54,7 @@ def embed_probes(src, model, gallery: Gallery, cache: Path, aligned: bool, **kw)
     """``(paths, embeddings (Q, D), failed)`` for an image file or a folder."""
     src = Path(src)
     if src.is_file():
-        from facekd.api import NoFaceError, load
+        from facekd.deploy.api import NoFaceError, load
 
         try:
             emb = load(model).embed([src], aligned=True if aligned else None, flip=kw["flip"])
@@ -65,7 +65,7 @@ def embed_probes(src, model, gallery: Gallery, cache: Path, aligned: bool, **kw)
                 {src.name: f"{type(err).__name__}: {err}"},
             )
         return [src.name], emb, {}
-    from facekd.embed_folder import embed_folder
+    from facekd.deploy.embed_folder import embed_folder
 
     rep = embed_folder(src, model, cache, aligned=aligned, **kw)
     with np.load(cache, allow_pickle=False) as z:

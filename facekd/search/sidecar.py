@@ -8,11 +8,11 @@ atomic (temporary file + ``os.replace``).
 ``"calibration"`` holds ``threshold`` (cosine of L2-normalised flip-sum embeddings; accept when
 ``cosine >= threshold``), the ``far`` it was chosen for, the measured ``far_measured`` and
 ``tar``, whether the FAR was resolvable from the impostor count, the data, and the model's
-``model_fingerprint`` (``facekd.embed_folder.fingerprint``). A calibration whose fingerprint
+``model_fingerprint`` (``facekd.deploy.embed_folder.fingerprint``). A calibration whose fingerprint
 does not match the model file any more (retrained, replaced) is ignored with a warning.
 
 ``resolve_threshold(model, threshold)``: an explicit threshold wins, then the sidecar's
-calibration, then ``facekd.api.DEFAULT_THRESHOLD`` (uncalibrated); it returns where the value
+calibration, then ``DEFAULT_THRESHOLD`` (uncalibrated); it returns where the value
 came from so commands can say it.
 """
 
@@ -26,6 +26,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 KEY = "calibration"
+
+
+#: the uncalibrated verification threshold (cosine) when a model has no calibration
+DEFAULT_THRESHOLD = 0.3
 
 
 def sidecar_path(model) -> Path:
@@ -70,7 +74,7 @@ def read_calibration(model) -> dict | None:
     record = read_sidecar(model).get(KEY)
     if record is None:
         return None
-    from facekd.embed_folder import fingerprint
+    from facekd.deploy.embed_folder import fingerprint
 
     if record.get("model_fingerprint") != fingerprint(model):
         log.warning(
@@ -99,6 +103,5 @@ def resolve_threshold(model, threshold: float | None = None) -> tuple[float, str
     record = read_calibration(model)
     if record is not None:
         return float(record["threshold"]), describe(record)
-    from facekd.api import DEFAULT_THRESHOLD
 
     return DEFAULT_THRESHOLD, "uncalibrated default: run facekd calibrate"

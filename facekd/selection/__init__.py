@@ -2,11 +2,12 @@
 Knowledge from Neurons", AAAI 2016): which teacher neurons the student regresses.
 
 ``select_neurons`` (energy, mean-field solver, exact K) works on an ``(N, D)`` array of teacher
-activations; ``run_selection`` produces that array from a teacher or a ``TeacherCache`` and
-writes ``selection.json``; ``NeuronSelection`` is the saved result that
-``facekd.losses.neuron_selection.NeuronSelectionLoss`` loads. Modules: ``attributes`` (CelebA
-names, IA/NA split, file readers), ``statistics`` (per-neuron scores), ``solver`` (mean
-field, bisection), ``core`` (``select_neurons``), ``run`` (extraction and saving).
+activations; ``NeuronSelection`` is the saved result that
+``facekd.losses.neuron_selection.NeuronSelectionLoss`` loads. Pure statistics: running a
+teacher over a data set to get the activations is ``facekd.teachers.select_neurons``
+(``run_selection``). Modules: ``attributes`` (CelebA names, IA/NA split, attribute-file
+readers), ``statistics`` (per-neuron scores), ``solver`` (mean field, bisection), ``core``
+(``select_neurons``).
 """
 
 from facekd.selection.attributes import (
@@ -17,7 +18,6 @@ from facekd.selection.attributes import (
     validate_split,
 )
 from facekd.selection.core import K_RATIO, MODES, NeuronSelection, select_neurons
-from facekd.selection.run import dataset_image_keys, extract_embeddings, run_selection
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -26,10 +26,7 @@ __all__ = [
     "K_RATIO",
     "MODES",
     "NeuronSelection",
-    "dataset_image_keys",
-    "extract_embeddings",
     "read_attribute_file",
-    "run_selection",
     "select_neurons",
     "validate_split",
 ]

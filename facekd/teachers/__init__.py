@@ -17,9 +17,9 @@ the configured losses (e.g. FitNets with an ONNX teacher: no stage maps).
 
 from __future__ import annotations
 
+from facekd.models.onnx_runtime import OnnxTeacher, OnnxTeacherError
 from facekd.teachers.ensemble import TeacherEnsemble, average_probabilities_as_logits
 from facekd.teachers.fitted_head import fit_teacher_head
-from facekd.teachers.onnx_teacher import OnnxTeacher, OnnxTeacherError
 
 ALL_OUTPUTS = frozenset({"embedding", "pooled", "stages"})
 

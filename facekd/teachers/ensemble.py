@@ -35,7 +35,7 @@ COMBINES = ("mean", "concat")
 
 
 def _fingerprint(module: nn.Module) -> str:
-    from facekd.teacher_cache import fingerprint_module
+    from facekd.teachers.fingerprint import fingerprint_module
 
     return fingerprint_module(module)
 

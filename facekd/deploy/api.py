@@ -1,6 +1,6 @@
 """A small Python API: load a face model, embed photos, verify two of them.
 
-    import facekd.api as fk                      # or facekd.load once exported there
+    import facekd.deploy.api as fk                      # or facekd.load once exported there
     model = fk.load("student.pt")                # checkpoint, registry name, legacy MXNet, .onnx
     score, same = model.verify("a.jpg", "b.jpg")
 
@@ -38,8 +38,8 @@ import numpy as np
 from facekd.data.align import norm_crop
 from facekd.evaluation.embed import extract_embeddings
 from facekd.runtime import tune_cpu
+from facekd.search.sidecar import DEFAULT_THRESHOLD
 
-DEFAULT_THRESHOLD = 0.3
 ALIGN_SIZE = 112
 
 
@@ -171,7 +171,7 @@ def load(
     """
     import torch
 
-    from facekd.embed_folder import load_runner
+    from facekd.deploy.embed_folder import load_runner
     from facekd.evaluation.embed import fold_batchnorm, prefers_channels_last
 
     tune_cpu()

@@ -52,29 +52,16 @@ import torch
 from torch import nn
 
 from facekd.evaluation.embed import extract_embeddings
+from facekd.models.parity import PARITY_BATCHES, parity_faces, row_agreement
 
 OPSET = 17
 MIN_COSINE = 0.9999
-PARITY_BATCHES = (1, 7)
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 SIDECAR_FORMAT = "facekd.onnx/1"
 
 
 class ExportError(RuntimeError):
     """The export failed or its ONNX graph disagrees with torch; nothing was written."""
-
-
-def parity_faces(size: int, count: int = max(PARITY_BATCHES), seed: int = 0) -> np.ndarray:
-    """``(count, size, size, 3)`` uint8 RGB synthetic aligned faces, one per identity."""
-    from facekd.data.synthetic import SyntheticFaces
-
-    faces = SyntheticFaces(count, 1, size=max(size, 16), seed=seed)
-    out = np.stack([faces.render(i, 0)[0] for i in range(count)])
-    if out.shape[1] != size:  # tiny test models below the renderer's 16 px minimum
-        import cv2
-
-        out = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in out])
-    return out
 
 
 def compare_backends(reference, candidate, faces: np.ndarray, batches=PARITY_BATCHES) -> dict:
@@ -87,17 +74,12 @@ def compare_backends(reference, candidate, faces: np.ndarray, batches=PARITY_BAT
     report: dict = {}
     for b in batches:
         kw = dict(batch_size=b, flip=False, normalize=False, progress=False)
-        ref = extract_embeddings(reference, faces[:b], **kw).astype(np.float64)
-        got = extract_embeddings(candidate, faces[:b], **kw).astype(np.float64)
-        if ref.shape != got.shape:
-            raise ExportError(f"output shape {got.shape} differs from torch {ref.shape}")
-        n_ref, n_got = np.linalg.norm(ref, axis=1), np.linalg.norm(got, axis=1)
-        cos = (ref * got).sum(1) / np.maximum(n_ref * n_got, 1e-12)
-        report[f"batch_{b}"] = {
-            "min_cosine": float(cos.min()),
-            "max_abs_diff": float(np.abs(ref - got).max()),
-            "max_rel_norm_diff": float((np.abs(n_ref - n_got) / np.maximum(n_ref, 1e-12)).max()),
-        }
+        ref = extract_embeddings(reference, faces[:b], **kw)
+        got = extract_embeddings(candidate, faces[:b], **kw)
+        try:
+            report[f"batch_{b}"] = row_agreement(ref, got)
+        except ValueError as err:
+            raise ExportError(str(err)) from None
     report["min_cosine"] = min(v["min_cosine"] for v in report.values())
     return report
 
@@ -163,7 +145,7 @@ def _stamp_preprocessing(path: Path, model: nn.Module, size: int) -> None:
     """Write the input contract into the graph's metadata, where ``OnnxTeacher`` reads it."""
     import onnx
 
-    from facekd.teachers.onnx_teacher import METADATA_KEY
+    from facekd.models.onnx_runtime import METADATA_KEY
 
     proto = onnx.load(str(path))
     contract = {

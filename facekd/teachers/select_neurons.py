@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekd.data.batching import collate_batch
 from facekd.selection.attributes import read_attribute_file
 from facekd.selection.core import NeuronSelection, select_neurons
-from facekd.teacher_cache import TeacherCache, fingerprint_dataset, fingerprint_module
+from facekd.teachers.cache import TeacherCache, fingerprint_dataset, fingerprint_module
 
 
 def dataset_image_keys(dataset) -> list[str]:
@@ -45,27 +44,11 @@ def dataset_image_keys(dataset) -> list[str]:
     return keys
 
 
-@torch.no_grad()
-def extract_embeddings(
-    teacher: nn.Module,
-    dataset,
-    indices: Sequence[int] | None = None,
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """``(N, D)`` float32 teacher embeddings (``forward_features(teacher_view).embedding``)."""
-    teacher = teacher.to(device).eval()
-    subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
-    loader = torch.utils.data.DataLoader(
-        subset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch
-    )
-    chunks = [
-        teacher.forward_features(batch.to(device).teacher_view).embedding.float().cpu().numpy()
-        for batch in loader
-    ]
-    return np.concatenate(chunks, axis=0)
+def extract_embeddings(teacher: nn.Module, dataset, indices=None, **kwargs) -> np.ndarray:
+    """The teacher's embeddings of the selection set (``evaluation.embed.dataset_embeddings``)."""
+    from facekd.evaluation.embed import dataset_embeddings
+
+    return dataset_embeddings(teacher, dataset, indices, **kwargs)
 
 
 def run_selection(

@@ -1,40 +1,16 @@
-"""Training settings (the Trainer's knobs), the learning-rate schedule and the optimizer.
-
-Kept apart from the Trainer so configuration code can import the schema without the loop.
-Defaults follow insightface arcface_torch (SGD, lr 0.1, momentum 0.9, weight decay 5e-4).
+"""The learning-rate schedule and the optimizer the Trainer builds from ``TrainSettings``
+(the knobs themselves are schema: ``facekd.config.TrainSettings``). Defaults follow
+insightface arcface_torch (SGD, lr 0.1, momentum 0.9, weight decay 5e-4).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-
-@dataclass
-class TrainSettings:
-    """How to train (the Trainer's knobs; see ``facekd.config.TrainConfig`` for the YAML side)."""
-
-    steps: int = 1000
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    accumulate: int = 1
-    clip_grad_norm: float = 0.0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    eval_every: int = 0
-    seed: int = 0
-    progress: bool = True
+from facekd.config import TrainSettings  # noqa: F401 - the schema lives with the config
 
 
 def lr_lambda(settings: TrainSettings) -> Callable[[int], float]:

@@ -32,7 +32,6 @@ the finished cache read-only: each image passes the teacher once, whatever the w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -43,32 +42,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from facekd import dist
 from facekd.data.batching import collate_batch
 from facekd.data.manifest import dataset_manifest, manifest_diff, manifest_fingerprint
 from facekd.data.robust import ReplaceUnreadable
-from facekd.runtime import tune_cpu, worker_init
+from facekd.runtime import dist, tune_cpu, worker_init
+from facekd.teachers.fingerprint import fingerprint_module  # noqa: F401 - re-exported
 from facekd.types import ModelOutput
 
-FORMAT = "facekd.teacher_cache/2"
+FORMAT = "facekd.teacher_cache/2"  # stored in caches: kept when the module moved
 FLIP_SUFFIX = ".flip"  # arrays of the mirrored view: embedding.flip.npy, stage3.flip.npy ...
 
 
 class CacheMismatchError(ValueError):
     """A cache that was built for another teacher, data set or preprocessing."""
-
-
-def fingerprint_module(module: nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of every parameter and buffer, or the
-    module's own ``fingerprint()`` (ONNX teachers and ensembles hold no torch weights)."""
-    if callable(getattr(module, "fingerprint", None)):
-        return str(module.fingerprint())
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def fingerprint_dataset(dataset) -> str:

@@ -15,16 +15,15 @@ import torch
 
 from facekd.config import ExperimentConfig, to_dict
 from facekd.data.augment import build_transform
-from facekd.data.batching import collate_batch
 from facekd.data.sampler import PKBatchSampler, ShuffledBatchSampler
-from facekd.distill import Distiller, check_logit_scales
+from facekd.engine.distiller import Distiller, check_logit_scales
+from facekd.engine.trainer import seeded
 from facekd.losses import DistillLoss, build_loss
 from facekd.models import HEADS, build_head
 from facekd.models.checkpoints import load_backbone
 from facekd.models.heads import CosineHead
-from facekd.teacher_cache import TeacherCache, build_teacher_cache, fingerprint_module
 from facekd.teachers import build_teacher, check_teacher_serves, teacher_provides
-from facekd.train import seeded
+from facekd.teachers.cache import TeacherCache, build_teacher_cache, fingerprint_module
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +133,10 @@ def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
     if cache is not None:
         embeddings = cache.arrays["embedding"]
     elif teacher is not None:
+        from facekd.evaluation.embed import dataset_embeddings
+
         clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-        loader = torch.utils.data.DataLoader(clean, batch_size=64, collate_fn=collate_batch)
-        with torch.no_grad():
-            embeddings = torch.cat(
-                [teacher.eval().forward_features(b.teacher_view).embedding for b in loader]
-            )
+        embeddings = torch.from_numpy(dataset_embeddings(teacher, clean))
     else:
         raise ValueError("teacher.head: fit needs a teacher (or a teacher cache)")
     return fit_teacher_head(
@@ -323,8 +320,8 @@ def build_evaluator(cfg: ExperimentConfig):
 
 
 def build_trainer(cfg: ExperimentConfig, evaluate=None):
-    from facekd import dist
-    from facekd.train import Trainer, seed_everything
+    from facekd.engine.trainer import Trainer, seed_everything
+    from facekd.runtime import dist
 
     dist.init_from_env()  # before the samplers: they split batches by rank (torchrun only)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank and every rerun
