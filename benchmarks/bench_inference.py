@@ -4,7 +4,7 @@ For each batch size (default 1 and 64) the three runtimes see the same input (on
 the backbone, no flip-sum), interleaved round by round so machine noise hits all alike. Prints
 median latency (ms per batch), throughput (faces/s) and the ratio of each runtime's latency to
 torch fp32, and writes them to ``benchmarks/results/inference.json``. The ONNX file comes from
-``facekd.export.export_onnx`` (parity-checked); onnxruntime runs on CPU, or CUDA when
+``facekd.deploy.export.export_onnx`` (parity-checked); onnxruntime runs on CPU, or CUDA when
 ``--device cuda`` and the provider exist. bf16 on CPU is only fast on CPUs with AVX512-BF16/AMX.
 
     .venv/bin/python benchmarks/bench_inference.py --model mobilefacenet --threads 4
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekd.export import export_onnx
+from facekd.deploy.export import export_onnx
 from facekd.models.checkpoints import load_backbone
 
 

@@ -58,7 +58,7 @@ def pair_sets():
 
 def fp32_models() -> dict:
     """``{name: (fp32 .onnx, torch module)}``."""
-    from facekd.export import export_onnx
+    from facekd.deploy.export import export_onnx
     from facekd.models.checkpoints import load_backbone
 
     legacy = load_backbone(str(DATA / "insightface-mobilefacenet-legacy" / "model"))

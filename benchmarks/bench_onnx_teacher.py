@@ -1,7 +1,7 @@
 """The real legacy InsightFace MobileFaceNet as a black-box ONNX teacher, checked on LFW-mini.
 
     legacy MXNet files -> facekd backbone (torch)      facekd.models.checkpoints.load_backbone
-                       -> facekd export (ONNX file)     facekd.export.export_onnx
+                       -> facekd export (ONNX file)     facekd.deploy.export.export_onnx
                        -> OnnxTeacher (onnxruntime)     facekd.teachers.OnnxTeacher
 Both the torch model and the ONNX teacher embed the same aligned LFW-mini crops (flip-sum) and
 are verified on the 2 official folds; the report gives both accuracies, their difference and
@@ -39,9 +39,9 @@ def main(argv=None) -> int:
         return 0
     import numpy as np
 
+    from facekd.deploy.export import export_onnx
     from facekd.evaluation.embed import extract_embeddings
     from facekd.evaluation.verification import verify
-    from facekd.export import export_onnx
     from facekd.models.checkpoints import load_backbone
     from facekd.teachers import OnnxTeacher
 

@@ -141,8 +141,8 @@ def cost(teacher, student, quick: bool) -> dict:
     onnxruntime latency of the teacher at 112 px and the 56-px student."""
     import onnxruntime as ort
 
+    from facekd.deploy.export import export_onnx
     from facekd.evaluation.profile import TimingBudget, compare
-    from facekd.export import export_onnx
 
     budget = TimingBudget(warmup=1, runs=3, min_runs=1, max_seconds=0.5)
     if not quick:
