@@ -1,0 +1,54 @@
+"""The embedding-distillation benchmark's statistics (``benchmarks/embedding_kd_report.py``)
+on hand-made decisions and embeddings: which seeds pair up, the per-seed deltas, the verdict's
+rule (every seed ahead and a sign test p < 0.05), the cosine to the teacher."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import embedding_kd_report as ekd  # noqa: E402
+
+
+def _decisions(rng, n, acc):
+    return rng.random(n) < acc
+
+
+def test_paired_tests_use_the_shared_seeds_and_the_verdict_rule():
+    rng = np.random.default_rng(0)
+    seeds = {"kt_emb128": [0, 1, 2], "kt_arcface": [0, 1, 2], "kt_emb16": [0]}
+    decisions = {}
+    for row, acc in (("kt_emb128", 0.95), ("kt_arcface", 0.80), ("kt_emb16", 0.80)):
+        for k in seeds[row]:
+            decisions[f"emb_{row}_seed{k}"] = {"lfw": _decisions(rng, 600, acc)}
+    tests = {(t["a"], t["b"]): t for t in ekd.paired(seeds, decisions, ["lfw"], "emb_")}
+    strong = tests[("kt_emb128", "kt_arcface")]
+    assert strong["seeds"] == [0, 1, 2]
+    a, b = decisions["emb_kt_emb128_seed1"]["lfw"], decisions["emb_kt_arcface_seed1"]["lfw"]
+    assert strong["delta_points_per_seed"][1] == 100 * (a.mean() - b.mean())
+    assert ekd.verdict(strong).startswith("**kt_emb128 beats kt_arcface on lfw**")
+    weak = tests[("kt_emb16", "kt_arcface")]
+    assert weak["seeds"] == [0]  # only the seed both rows trained at
+    assert "does not separate from" in ekd.verdict(weak)  # same accuracy: no verdict either way
+    assert ("kt_emb128_only", "kt_arcface") not in tests  # a row not trained is left out
+
+
+def test_embedding_cosine_is_the_mean_row_cosine_to_the_teacher(tmp_path):
+    rng = np.random.default_rng(1)
+    teacher = rng.standard_normal((5, 8))
+    student = teacher + 0.3 * rng.standard_normal((5, 8))
+    (tmp_path / "emb").mkdir()
+    np.savez(tmp_path / "emb" / "teacher@112.npz", lfw=teacher)
+    np.savez(tmp_path / "emb" / "s.npz", lfw=3.0 * student)  # the scale does not matter
+    want = np.mean(
+        [
+            s @ t / (np.linalg.norm(s) * np.linalg.norm(t))
+            for s, t in zip(student, teacher, strict=True)
+        ]
+    )
+    assert abs(ekd.embedding_cosine(tmp_path, "s") - want) < 1e-12
