@@ -156,3 +156,15 @@ def test_real_tight_celeba_crops_align_with_filled_margins(tmp_path):
         return np.mean([(c.max(axis=2) == 0).mean() for c in crops])
 
     assert plain.written > 0 and black("u") > 0.05 and black("p") < 0.01
+
+
+def test_report_saves_do_not_collide_across_processes(tmp_path):
+    from facekd.data.align_tree import AlignReport
+
+    path = tmp_path / REPORT_NAME
+    other = tmp_path / f".{REPORT_NAME}.{os.getpid() + 1}.tmp"  # another run, mid-write
+    other.write_text("{half")
+    AlignReport(written=2, failed={"a.jpg": "no_face: x"}).save(path)
+    saved = json.loads(path.read_text())
+    assert saved["written"] == 2 and saved["failed_by_reason"] == {"no_face": 1}
+    assert other.read_text() == "{half"  # its temporary file is not ours to rename

@@ -68,7 +68,8 @@ class AlignReport:
             reasons[tag] = reasons.get(tag, 0) + 1
         payload = {"written": self.written, "skipped": self.skipped, "failed_by_reason": reasons}
         payload["failed"] = dict(sorted(self.failed.items()))
-        tmp = path.with_suffix(".json.tmp")
+        # a per-process name: two runs filling one folder must not rename each other's file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         os.replace(tmp, path)
 
