@@ -8,14 +8,13 @@ Every number is computed here from the saved float16 students, the teacher and t
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from karlekar_eval import LOW, evaluate_all, mcnemar, sign_test
+from karlekar_eval import LOW, evaluate_all, log_summary, mcnemar, sign_test
 from karlekar_report import _p, _pm, plot_rows
 
 #: (A, B): does A beat B? Rows trained at the same seeds share starts (within a pair) and
@@ -49,18 +48,6 @@ def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float(np.mean(np.sum(a * b, axis=1)))
-
-
-def log_terms(run: Path, window: int = 3) -> dict:
-    """First / last logged ArcFace loss, embedding-mimic loss and img/s (``log.csv``)."""
-    lines = list(csv.DictReader((run / "log.csv").open()))
-    out = {}
-    for key in ("ce", "kd/embedding", "img_per_s"):
-        vals = [float(r[key]) for r in lines if r.get(key) not in (None, "")]
-        if vals:
-            out[f"{key}_first"] = float(np.mean(vals[:window]))
-            out[f"{key}_last"] = float(np.mean(vals[-window:]))
-    return out
 
 
 def summarise(seeds_of: dict, per_model: dict, names, prefix: str) -> list[dict]:
@@ -149,7 +136,10 @@ def write_embedding_kd_report(
         for r, s in seeds_of.items()
     }
     cos |= {r: embedding_cosine(runs, r) for r in REFERENCES}
-    logs = {r: [log_terms(runs / f"{r}_seed{k}") for k in s] for r, s in seeds_of.items()}
+    keys = ("ce", "kd/embedding", "img_per_s")
+    logs = {
+        r: [log_summary(runs / f"{r}_seed{k}", keys=keys) for k in s] for r, s in seeds_of.items()
+    }
     plot_rows(
         lines, names, out / "accuracy.png",
         f"Embedding distillation, legacy MobileFaceNet at {LOW} px: mean ± std over seeds",

@@ -118,14 +118,17 @@ def teacher_pooled(teacher, ps, n: int = 256) -> torch.Tensor:
     return teacher.eval().forward_features(_faces(ps, n, 112, None)).pooled
 
 
-def log_summary(run: Path, window: int = 3) -> dict:
-    """First and last logged values of the training terms (``log.csv``), averaged over
-    ``window`` log lines; ``kd/pooling_transfer`` is ``2 - 2 cos``, given as a cosine too."""
+def log_summary(
+    run: Path, window: int = 3, keys=("loss", "ce", "kd/pooling_transfer", "img_per_s")
+) -> dict:
+    """First and last logged values of the training terms ``keys`` (``log.csv``), averaged
+    over ``window`` log lines; ``kd/pooling_transfer`` is ``2 - 2 cos``, given as a cosine
+    too."""
     import csv
 
     rows = list(csv.DictReader((run / "log.csv").open()))
     out = {"logged_steps": int(rows[-1]["step"]) if rows else 0}
-    for key in ("loss", "ce", "kd/pooling_transfer", "img_per_s"):
+    for key in keys:
         vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
         if vals:
             out[f"{key}_first"] = float(np.mean(vals[:window]))

@@ -1,16 +1,7 @@
 """InsightFace training sets in MXNet RecordIO (``train.rec`` + ``train.idx``), without mxnet.
 
-File format (dmlc-core ``recordio.h``, written by ``mx.recordio.MXIndexedRecordIO``):
+The byte level (records, ``IRHeader``, the ``.idx`` index) is ``facekd.data.recordio_format``.
 
-* A record is ``uint32 magic 0xced7230a``, ``uint32 lrecord``, the payload, zero padding to a
-  multiple of 4 bytes (little endian). ``lrecord >> 29`` is the part flag ``cflag`` and
-  ``lrecord & (2**29 - 1)`` the part length. A payload containing the magic at a 4-byte aligned
-  position is split there into parts (cflag 1 = first, 2 = middle, 3 = last; 0 = whole record)
-  and the magic is dropped; the reader puts it back between parts.
-* The payload starts with ``IRHeader`` ``<IfQQ`` = (flag, label, id, id2); when ``flag > 0``
-  the label is the ``flag`` float32 values that follow (``mx.recordio.pack``), then comes the
-  encoded image.
-* ``.idx`` is text, one ``key\\toffset`` line per record (offset of its first part).
 * InsightFace layout (``face2rec2.py``; arcface_torch ``MXFaceDataset``): when record 0 has
   ``flag > 0`` it is a header whose label ``[a, b]`` says images are keys ``1..a-1`` and
   identity records (label = ``[start, end)`` of that identity's image keys) are keys

@@ -36,17 +36,10 @@ from tqdm import tqdm
 
 from facekd.data.batching import collate_batch
 from facekd.data.robust import ReplaceUnreadable
-from facekd.engine.resume import (  # noqa: F401 - FORMAT, config_changes: re-exported
-    FORMAT,
-    RESUME_FREE,
-    ResumableState,
-    config_changes,
-)
+from facekd.engine.resume import FORMAT, ResumableState, config_changes  # noqa: F401
 from facekd.engine.seeding import (  # noqa: F401 - seed_everything, seeded: re-exported
     SeededItems,
     _EpochTagged,
-    _rng_state,
-    _set_rng_state,
     seed_everything,
     seeded,
 )

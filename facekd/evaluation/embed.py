@@ -347,14 +347,18 @@ def dataset_embeddings(
     *,
     batch_size: int = 64,
     num_workers: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """``(N, D)`` float32 embeddings of a training data set's items as the teacher sees them
     (``forward_features(batch.teacher_view).embedding``: the data set's own transform, no
     flip-sum, not normalised): the path neuron selection and the fitted teacher head share.
-    ``extract_embeddings`` is the one path for face images (evaluation, ``facekd embed``)."""
+    ``extract_embeddings`` is the one path for face images (evaluation, ``facekd embed``).
+    ``device``: where to run; ``None`` leaves the model where it is (its parameters' device,
+    CPU for a parameter-free model such as an ONNX teacher)."""
     from facekd.data.batching import collate_batch
 
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model = model.to(device).eval()
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
     loader = DataLoader(
