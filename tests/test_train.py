@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 
 import pytest
 import torch
@@ -80,6 +81,30 @@ def test_student_file_and_checkpoint_load_as_backbones(tmp_path):
         model = load_backbone(path)
         assert model.arch == "mobilefacenet" and model.num_features == 128
     assert (tmp_path / "log.csv").read_text().startswith("step,")
+
+
+def test_log_csv_gains_columns_for_evaluation_metrics(tmp_path):
+    # metrics appear only every eval_every steps, after the header was written: the header
+    # grows so a csv reader finds them under their names, on the steps that computed them
+    distiller = _distiller()[0]
+    data = NoisyFaces()
+    sampler = PKBatchSampler(data.labels, p=3, k=2, seed=1)
+    settings = TrainSettings(steps=4, lr=0.05, log_every=1, eval_every=2, progress=False)
+    calls = []
+
+    def evaluate(student):
+        calls.append(1)
+        return {"val_acc": 0.25 * len(calls)}
+
+    Trainer(distiller, data, sampler, settings, tmp_path, evaluate=evaluate, device="cpu").fit()
+    with (tmp_path / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), []).append(r)
+    assert by_step[1][0]["eval/val_acc"] == "" and float(by_step[1][0]["loss"]) > 0
+    assert float(by_step[2][0]["eval/val_acc"]) == 0.25  # eval at step 2, the final one at step 4
+    assert float(by_step[4][-1]["eval/val_acc"]) == 0.5
 
 
 class ExplodingLoss(DistillLoss):

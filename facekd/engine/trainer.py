@@ -24,7 +24,6 @@ A non-finite loss stops the run on *every* rank (the check is all-reduced), with
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from facekd.data.batching import collate_batch
 from facekd.data.robust import ReplaceUnreadable
+from facekd.engine.csv_log import append_csv_row
 from facekd.engine.resume import FORMAT, ResumableState, config_changes  # noqa: F401
 from facekd.engine.seeding import (  # noqa: F401 - seed_everything, seeded: re-exported
     SeededItems,
@@ -166,18 +166,7 @@ class Trainer(ResumableState):
         self.history.append(row)
         if not dist.is_main():
             return
-        path = self.out_dir / "log.csv"
-        fields = list(row)
-        new = not path.exists()
-        if not new:
-            with path.open() as f:
-                fields = next(csv.reader(f))
-            fields += [k for k in row if k not in fields]
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_csv_row(self.out_dir / "log.csv", row)
         if writer is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
