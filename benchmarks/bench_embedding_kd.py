@@ -15,7 +15,11 @@ training photos here: CelebA-299 (6,250 aligned) + CelebA-tight-1756 (17,5xx, al
 * ``scratch`` / ``scratch_emb128``: the same pair from random weights (the field's setting),
   3 seeds;
 * ``kt_emb16`` and ``kt_emb128_only`` (no ArcFace): the weight sweep and the with/without
-  ArcFace ablation, 1 seed (the same batches as seed 0 of the headline pair).
+  ArcFace ablation, 1 seed (the same batches as seed 0 of the headline pair);
+* ``kt_emb_adamw`` / ``scratch_b64``: a schedule that converges further, batch 64 and bf16
+  autocast: the KT start regressing the teacher's embedding alone with AdamW (lr 2e-3), against
+  ArcFace from random weights on the same batches, 800 steps, 3 seeds; ``kt_emb_adamw_long`` /
+  ``scratch_b64_long``: the same pair at 2,500 steps, seed 0.
 
 "Cosine vs L2 on normalised embeddings" needs no row of its own: ``||a/|a| - b/|b| ||^2 =
 2 - 2 cos(a, b)``, so the L2 loss at weight ``w`` is the cosine loss at weight ``2w``, the same
@@ -55,6 +59,12 @@ ROWS = {
     "scratch_emb128": (0, 1, 2),
     "kt_emb16": (0,),
     "kt_emb128_only": (0,),
+    # a schedule that converges further (AdamW, batch 64, bf16): 800 steps over 3 seeds, and
+    # 2,500 steps at seed 0, each against ArcFace from scratch on the same batches
+    "kt_emb_adamw_long": (0,),
+    "scratch_b64_long": (0,),
+    "kt_emb_adamw": (0, 1, 2),
+    "scratch_b64": (0, 1, 2),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from karlekar_eval import LOW, evaluate_all, log_summary, mcnemar, sign_test
 from karlekar_report import _p, _pm, plot_rows
 
@@ -25,6 +26,8 @@ COMPARISONS = (
     ("kt_emb16", "kt_arcface"),
     ("kt_emb128_only", "kt_arcface"),
     ("kt_emb128", "kt_emb16"),
+    ("kt_emb_adamw", "scratch_b64"),
+    ("kt_emb_adamw_long", "scratch_b64_long"),
 )
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
@@ -36,6 +39,10 @@ LABELS = {
     "kt_emb128_only": "KT start, embedding mimic x128, no ArcFace",
     "scratch": "random start, ArcFace only",
     "scratch_emb128": "random start, ArcFace + embedding mimic x128",
+    "kt_emb_adamw": "KT start, embedding mimic x128 alone, AdamW, batch 64, 800 steps",
+    "scratch_b64": "random start, ArcFace only, SGD, batch 64, 800 steps",
+    "kt_emb_adamw_long": "KT start, embedding mimic x128 alone, AdamW, batch 64, 2,500 steps",
+    "scratch_b64_long": "random start, ArcFace only, SGD, batch 64, 2,500 steps",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
@@ -48,6 +55,17 @@ def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def schedule(runs: Path, row: str, seeds) -> str:
+    """``"sgd 0.01, 300 x 32"``: optimizer, base lr, steps x batch (+ ``bf16``) of a trained
+    row, read from its run's saved ``config.yaml``; ``-`` for the references."""
+    if not seeds:
+        return "-"
+    cfg = yaml.safe_load((runs / f"{row}_seed{seeds[0]}" / "config.yaml").read_text())
+    tr, data = cfg["train"], cfg["data"]
+    amp = f", {tr['amp']}" if tr.get("amp", "none") != "none" else ""
+    return f"{tr['optimizer']} {tr['lr']:g}, {tr['steps']} x {data['batch_size']}{amp}"
 
 
 def summarise(seeds_of: dict, per_model: dict, names, prefix: str) -> list[dict]:
@@ -151,11 +169,11 @@ def write_embedding_kd_report(
         f"# Embedding distillation on every training photo: the legacy MobileFaceNet at {LOW} px\n",
         f"- Training: {n_train} aligned photos of {n_ids} identities (CelebA-299 + "
         "CelebA-tight-1756, facekd's MTCNN + ArcFace template; tight crops padded 40 %); every "
-        f"student {tr['steps']} steps of batch {data['batch_size']} "
-        f"({tr['steps'] * data['batch_size'] / n_train:.2f} epochs), warm-up "
-        f"{tr['warmup_steps']}, cosine decay, SGD momentum 0.9, clip 5, ArcFace s = 32, "
+        f"student (unless its schedule column says otherwise) {tr['steps']} steps of batch "
+        f"{data['batch_size']} ({tr['steps'] * data['batch_size'] / n_train:.2f} epochs), "
+        f"warm-up {tr['warmup_steps']}, cosine decay, SGD momentum 0.9, clip 5, ArcFace s = 32, "
         "m = 0.3; base lr 0.01 after KT, 0.1 from scratch (METHODS 2.5). Seed k = one batch "
-        "order and flip sequence for every row, and one start within each pair.",
+        "order and flip sequence for every row of a schedule, and one start within each pair.",
         "- Embedding mimic: `1 - cos(e_s, e_t)` between the student's embedding of the 56-px "
         "face and the 112-px teacher's (cached, both flip views). L2 on normalised embeddings "
         "is the same loss at twice the weight (`|a - b|^2 = 2 - 2 cos` for unit vectors).",
@@ -163,14 +181,14 @@ def write_embedding_kd_report(
         "official folds; " + ", ".join(f"{ps.name} {len(ps)} pairs" for ps in sets) + ".",
         f"- Preparation {prep_seconds:.0f} s of this run; {platform.machine()}, shared machine.\n",
         "## Accuracy (%), mean ± std over seeds\n",
-        "| row | what | seeds | " + " | ".join(names) + " | emb. cos to teacher (LFW) |",
-        "|---|---|---|" + "---|" * (len(names) + 1),
+        "| row | what | schedule | seeds | " + " | ".join(names) + " | emb. cos to teacher (LFW) |",
+        "|---|---|---|---|" + "---|" * (len(names) + 1),
     ]
     for line in lines:
         r = line["row"]
         seeds = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
         md.append(
-            f"| {r} | {LABELS[r]} | {seeds} | "
+            f"| {r} | {LABELS[r]} | {schedule(runs, r, line['seeds'])} | {seeds} | "
             + " | ".join(_pm(line, n) for n in names)
             + f" | {cos[r]:.3f} |"
         )

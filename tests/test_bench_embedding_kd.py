@@ -52,3 +52,31 @@ def test_embedding_cosine_is_the_mean_row_cosine_to_the_teacher(tmp_path):
         ]
     )
     assert abs(ekd.embedding_cosine(tmp_path, "s") - want) < 1e-12
+
+
+def test_every_row_has_a_valid_config_and_compared_rows_share_their_batches(tmp_path):
+    import bench_embedding_kd as bench
+
+    from facekd.config import ExperimentConfig, from_dict
+
+    cfgs = {
+        row: from_dict(ExperimentConfig, bench.row_config(row, 1, tmp_path, False, None))
+        for row in bench.ROWS
+    }
+    for row, cfg in cfgs.items():
+        assert cfg.train.seed == cfg.data.seed == 1 and row in ekd.LABELS
+    for a, b in ekd.COMPARISONS:  # a paired test needs the same batches and schedule length
+        assert cfgs[a].data == cfgs[b].data
+        assert cfgs[a].train.steps == cfgs[b].train.steps
+        assert cfgs[a].train.amp == cfgs[b].train.amp
+    assert cfgs["kt_emb_adamw_long"].train.steps > cfgs["kt_emb_adamw"].train.steps
+
+
+def test_schedule_column_reads_the_runs_saved_config(tmp_path):
+    run = tmp_path / "kt_emb_adamw_seed1"
+    run.mkdir()
+    cfg = {"train": {"optimizer": "adamw", "lr": 0.002, "steps": 800, "amp": "bf16"},
+           "data": {"batch_size": 64}}  # fmt: skip
+    (run / "config.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    assert ekd.schedule(tmp_path, "kt_emb_adamw", [1, 2]) == "adamw 0.002, 800 x 64, bf16"
+    assert ekd.schedule(tmp_path, "teacher@112", None) == "-"
