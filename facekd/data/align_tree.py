@@ -134,6 +134,52 @@ def _out_path(dst: Path, stem: str, fmt: str, face: int = 0) -> Path:
     return dst / f"{stem}{'' if face == 0 else f'_{face}'}.{fmt}"
 
 
+def _plan(
+    stems: dict[str, str],
+    dst: Path,
+    fmt: str,
+    old_failed: Mapping[str, str],
+    overwrite: bool,
+    retry_failed: bool,
+    report: AlignReport,
+) -> list[str]:
+    """The source names still to align, counting the rest in ``report.skipped``: a photo is done
+    when its first crop exists and is non-empty, or when ``old_failed`` lists it (unless
+    ``retry_failed``); ``overwrite`` redoes everything."""
+    todo = []
+    for name, stem in stems.items():
+        out = _out_path(dst, stem, fmt)
+        done = out.exists() and out.stat().st_size > 0
+        if not overwrite and (done or (name in old_failed and not retry_failed)):
+            report.skipped += 1
+        else:
+            todo.append(name)
+    return todo
+
+
+def _find_faces(
+    good: list[tuple[str, np.ndarray]],
+    offsets: dict[str, np.ndarray],
+    landmarks: Mapping[str, np.ndarray] | None,
+    detector,
+    min_face: float,
+) -> list[list[np.ndarray] | None]:
+    """Per decoded photo, the five-point landmarks of each face to crop: the given
+    ``landmarks`` shifted by the padding ``offsets`` (``[]`` when a photo has none), else
+    MTCNN's faces of at least ``min_face`` px; ``None`` when MTCNN found faces but all smaller."""
+    if landmarks is not None:
+        return [
+            [np.asarray(landmarks[n], np.float64) + offsets[n]] if n in landmarks else []
+            for n, _ in good
+        ]
+    found = detector.detect([img for _, img in good]) if good else []
+    faces = []
+    for dets in found:
+        big = [d for d in dets if d.size >= min_face]
+        faces.append([d.landmarks for d in big] if big or not dets else None)
+    return faces
+
+
 def align_tree(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -161,15 +207,8 @@ def align_tree(
     if report_path.exists() and not overwrite:
         old_failed = json.loads(report_path.read_text()).get("failed", {})
     report = AlignReport(failed={} if retry_failed else dict(old_failed))
-    todo = []
     stems = output_stems(list_images(src))
-    for name, stem in stems.items():
-        out = _out_path(dst, stem, fmt)
-        done = out.exists() and out.stat().st_size > 0
-        if not overwrite and (done or (name in old_failed and not retry_failed)):
-            report.skipped += 1
-        else:
-            todo.append(name)
+    todo = _plan(stems, dst, fmt, old_failed, overwrite, retry_failed, report)
     if detector is None and landmarks is None and todo:
         from facekd.data.detect import FaceDetector
 
@@ -187,17 +226,7 @@ def align_tree(
         for name, _, err, _ in chunk:
             if err is not None:
                 report.failed[name] = err
-        if landmarks is not None:
-            faces = [
-                [np.asarray(landmarks[n], np.float64) + offsets[n]] if n in landmarks else []
-                for n, _ in good
-            ]
-        else:
-            found = detector.detect([img for _, img in good]) if good else []
-            faces = []
-            for dets in found:
-                big = [d for d in dets if d.size >= min_face]
-                faces.append([d.landmarks for d in big] if big or not dets else None)
+        faces = _find_faces(good, offsets, landmarks, detector, min_face)
         for (name, img), lms in zip(good, faces, strict=True):
             if lms is None:
                 report.failed[name] = f"small_face: every face is under {min_face:g} px"

@@ -258,13 +258,9 @@ def _arrays(root: Path, shapes: dict, views: dict, n: int, dtype: str, mode: str
     }
 
 
-@torch.no_grad()
-def _build(
-    teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size, num_workers,
-    device, progress, flip,
-) -> TeacherCache:  # fmt: skip
-    if (root / "meta.json").exists():
-        return _open(root, key, manifest, flip)
+def _check_fields(teacher, fields: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The fields to cache: ``fields`` as given (checked), or by default ``embedding`` plus
+    whichever of ``pooled`` / ``logits`` the teacher gives."""
     if fields is None:
         from facekd.teachers import teacher_provides
 
@@ -275,6 +271,57 @@ def _build(
         raise ValueError(
             f"cache fields must include 'embedding' and may add 'pooled', 'logits'; got {fields}"
         )
+    return fields
+
+
+def _store(
+    arrays: dict, out: ModelOutput, layout: dict, suffix: str, rows: np.ndarray, dtype: str
+) -> None:
+    """Write one view's teacher outputs into ``arrays`` at data-set ``rows``; refuses values
+    that are not finite once cast to ``dtype``."""
+    values = {"embedding": out.embedding}
+    values.update({k: getattr(out, k) for k in ("pooled", "logits") if k in layout["shapes"]})
+    values.update({f"stage{s}": out.stages[s] for s in layout["stages"]})
+    for name, value in values.items():
+        stored = value.float().cpu().numpy().astype(dtype)
+        if not np.isfinite(stored).all():  # NaN teacher, or beyond float16's range
+            peak = float(value.float().abs().nan_to_num(float("inf")).max())
+            raise ValueError(
+                f"teacher {name}{suffix} of items {rows.min()}..{rows.max()} is not "
+                f"finite once stored as {dtype} (max |value| {peak:.4g}); check the "
+                "teacher, or use dtype='float32'"
+            )
+        arrays[name + suffix][rows] = stored
+
+
+def _write_meta(
+    root: Path, key: CacheKey, fields, layout: dict, arrays: dict, flip: bool, n: int, dtype: str
+) -> None:
+    """``meta.json``, written last and atomically: its presence marks a finished cache."""
+    meta = {
+        "format": FORMAT,
+        "key": key.__dict__,
+        "fields": list(fields) + (["stages"] if layout["stages"] else []),
+        "stages": layout["stages"],
+        "num_stages": layout["num_stages"],
+        "arrays": list(arrays),
+        "flip": flip,
+        "count": n,
+        "dtype": dtype,
+    }
+    tmp = root / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, root / "meta.json")
+
+
+@torch.no_grad()
+def _build(
+    teacher, dataset, root, key, manifest, fields, stages, dtype, batch_size, num_workers,
+    device, progress, flip,
+) -> TeacherCache:  # fmt: skip
+    if (root / "meta.json").exists():
+        return _open(root, key, manifest, flip)
+    fields = _check_fields(teacher, fields)
     tune_cpu()
     root.mkdir(parents=True, exist_ok=True)
     teacher = teacher.to(device).eval()
@@ -308,40 +355,13 @@ def _build(
             if layout is None:  # shapes from the first real batch: no extra probe pass
                 layout = _layout(out, fields, stages)
                 arrays = _arrays(root, layout["shapes"], views, n, dtype, "w+")
-            values = {"embedding": out.embedding}
-            values.update(
-                {k: getattr(out, k) for k in ("pooled", "logits") if k in layout["shapes"]}
-            )
-            values.update({f"stage{s}": out.stages[s] for s in layout["stages"]})
-            for name, value in values.items():
-                stored = value.float().cpu().numpy().astype(dtype)
-                if not np.isfinite(stored).all():  # NaN teacher, or beyond float16's range
-                    peak = float(value.float().abs().nan_to_num(float("inf")).max())
-                    raise ValueError(
-                        f"teacher {name}{suffix} of items {rows.min()}..{rows.max()} is not "
-                        f"finite once stored as {dtype} (max |value| {peak:.4g}); check the "
-                        "teacher, or use dtype='float32'"
-                    )
-                arrays[name + suffix][rows] = stored
+            _store(arrays, out, layout, suffix, rows, dtype)
         pos += len(batch)
         for a in arrays.values():
             a.flush()
         state = {"key": key.__dict__, "flip": flip, "done": pos, "layout": layout}
         progress_path.write_text(json.dumps(state))
     (root / "dataset.json").write_text(json.dumps(manifest))
-    meta = {
-        "format": FORMAT,
-        "key": key.__dict__,
-        "fields": list(fields) + (["stages"] if layout["stages"] else []),
-        "stages": layout["stages"],
-        "num_stages": layout["num_stages"],
-        "arrays": list(arrays),
-        "flip": flip,
-        "count": n,
-        "dtype": dtype,
-    }
-    tmp = root / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, root / "meta.json")
+    _write_meta(root, key, fields, layout, arrays, flip, n, dtype)
     progress_path.unlink(missing_ok=True)
     return TeacherCache(root, key, manifest)
