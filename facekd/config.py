@@ -189,6 +189,7 @@ class HeadSpec:
 
     name: str = "arcface"
     kwargs: dict = dataclasses.field(default_factory=dict)
+    init: str | None = None  # a training checkpoint whose head starts this one (fine-tuning)
 
 
 @dataclasses.dataclass

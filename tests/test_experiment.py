@@ -153,3 +153,22 @@ def test_training_reports_verification_on_held_out_synthetic_people(tmp_path):
     assert final["eval/synthetic/acc_exact"] == pytest.approx(exact, abs=1e-9)
     assert final["eval/synthetic/auc"] >= untrained["synthetic/auc"] + 0.07, (untrained, final)
     assert final["eval/synthetic/acc"] >= untrained["synthetic/acc"] + 0.03, (untrained, final)
+
+
+def test_fine_tuning_starts_the_head_from_a_training_checkpoint(tmp_path):
+    # "ArcFace continued" (Feng et al.'s baseline row): the trained student with its own head
+    first = load_config(ExperimentConfig, None, TINY + [f"out_dir={tmp_path / 'a'}"])
+    build_trainer(first).fit()
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["head"]["weight"]
+    again = TINY + [f"out_dir={tmp_path / 'b'}", f"student.name={ckpt}", f"head.init={ckpt}"]
+    trainer = build_trainer(load_config(ExperimentConfig, None, again))
+    assert torch.equal(trainer.distiller.head.weight.detach(), saved)
+    trained = load_backbone(ckpt).state_dict()
+    student = trainer.distiller.student.state_dict()
+    assert student.keys() == trained.keys()
+    assert all(torch.equal(student[k], trained[k]) for k in trained)
+    with pytest.raises(ValueError, match=r"head weight \(classes, dim\) \(6, 128\).*\(7, 128\)"):
+        build_trainer(load_config(ExperimentConfig, None, again + ["data.identities=7"]))
+    with pytest.raises(ValueError, match="a arcface head, this run's is cosface"):
+        build_trainer(load_config(ExperimentConfig, None, again + ["head.name=cosface"]))

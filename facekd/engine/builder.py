@@ -92,13 +92,35 @@ def _batch_sampler(cfg: ExperimentConfig, dataset):
     return ShuffledBatchSampler(len(dataset), d.batch_size, seed=d.seed)
 
 
-def _teacher_head(path: str):
-    """The margin head saved in a facekd training checkpoint (for teacher logits)."""
+def _saved_head(path: str) -> tuple[dict, dict]:
+    """``(state_dict, config["head"])`` of the margin head in a facekd training checkpoint."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     head_state = ckpt.get("head")
     meta = ckpt.get("config", {}).get("head") or {}
     if head_state is None or not meta:
-        raise ValueError(f"{path} holds no margin head; train the teacher with a head first")
+        raise ValueError(f"{path} holds no margin head; train the model with a head first")
+    return head_state, meta
+
+
+def _init_head(head, spec) -> None:
+    """``head.init``: start the student's head from a training checkpoint's (fine-tuning a
+    trained student with its own classifier, e.g. "ArcFace continued"); the same head type
+    and the same ``(classes, dim)`` weight, else a ``ValueError`` saying which differs."""
+    state, meta = _saved_head(spec.init)
+    if meta["name"] != spec.name:
+        raise ValueError(f"head.init {spec.init}: a {meta['name']} head, this run's is {spec.name}")
+    have, want = tuple(state["weight"].shape), tuple(head.weight.shape)
+    if have != want:
+        raise ValueError(
+            f"head.init {spec.init}: head weight (classes, dim) {have}, this run needs {want} "
+            "(the same training identities and embedding size)"
+        )
+    head.load_state_dict(state)
+
+
+def _teacher_head(path: str):
+    """The margin head saved in a facekd training checkpoint (for teacher logits)."""
+    head_state, meta = _saved_head(path)
     num_classes, dim = head_state["weight"].shape
     head = build_head(
         meta["name"], num_classes=num_classes, embedding_size=dim, **meta.get("kwargs", {})
@@ -246,6 +268,8 @@ def build_distiller(cfg: ExperimentConfig, dataset) -> Distiller:
                 embedding_size=student.num_features,
                 **cfg.head.kwargs,
             )
+            if cfg.head.init:
+                _init_head(head, cfg.head)
     student.train()
     if teacher is not None and losses:  # refuse before any caching or training
         check_teacher_serves(teacher, losses, has_head=bool(t.head))
