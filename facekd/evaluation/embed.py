@@ -250,6 +250,33 @@ def _single_threaded(batches, apply: bool):
         yield x
 
 
+def _face_batches(images, size, degrade_to, batch_size: int, num_workers: int, device):
+    """``(B, 3, size, size)`` float batches of ``images``: a normalised tensor sliced as given
+    (checked by ``_check_tensor``), anything else decoded and resized by ``FaceImages`` in a
+    DataLoader (pinned memory when ``device`` is CUDA)."""
+    if isinstance(images, Tensor):
+        _check_tensor(images, size, degrade_to)
+        return (images[s : s + batch_size] for s in range(0, len(images), batch_size))
+    return DataLoader(
+        FaceImages(images, size, degrade_to),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        worker_init_fn=worker_init,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
+    )
+
+
+def _embed_batch(run: Runner, x: Tensor, flip: bool, normalize: bool) -> np.ndarray:
+    """``(B, D)`` float64 embeddings of one batch: ``f(x) + f(flip(x))`` when ``flip`` (one
+    forward of both views), L2-normalised when ``normalize`` (zero rows stay zero)."""
+    both = run(torch.cat([x, hflip(x)]) if flip else x).astype(np.float64)
+    emb = both[: len(x)] + both[len(x) :] if flip else both
+    if normalize:
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.where(norm > 0, norm, 1.0)
+    return emb
+
+
 def extract_embeddings(
     model,
     images: Sequence | Tensor | np.ndarray,
@@ -308,25 +335,11 @@ def extract_embeddings(
         size = input_size or model_size
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
             images = torch.from_numpy(images)
-        if isinstance(images, Tensor):
-            _check_tensor(images, size, degrade_to)
-            batches = (images[s : s + batch_size] for s in range(0, len(images), batch_size))
-        else:
-            batches = DataLoader(
-                FaceImages(images, size, degrade_to),
-                batch_size=batch_size,
-                num_workers=num_workers,
-                worker_init_fn=worker_init,
-                pin_memory=device is not None and torch.device(device).type == "cuda",
-            )
+        batches = _face_batches(images, size, degrade_to, batch_size, num_workers, device)
         with tqdm(total=len(images), desc="embed", unit="img", disable=not progress) as bar:
             for x in _single_threaded(batches, num_workers == 0):
                 x = x.float()
-                both = run(torch.cat([x, hflip(x)]) if flip else x).astype(np.float64)
-                emb = both[: len(x)] + both[len(x) :] if flip else both
-                if normalize:
-                    norm = np.linalg.norm(emb, axis=1, keepdims=True)
-                    emb = emb / np.where(norm > 0, norm, 1.0)
+                emb = _embed_batch(run, x, flip, normalize)
                 if out is None:
                     out = np.empty((len(images), emb.shape[1]), np.float32)
                 out[done : done + len(x)] = emb

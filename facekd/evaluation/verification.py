@@ -250,6 +250,52 @@ def _nan_stat(stat, values: np.ndarray) -> float:
     return float(stat(values)) if len(values) else float("nan")
 
 
+def _pair_labels(issame, n_pairs: int) -> np.ndarray:
+    """``issame`` as ``(N,)`` bools, checked: one per pair, booleans or 0/1, both kinds present."""
+    same = np.asarray(issame).reshape(-1)
+    if len(same) != n_pairs:
+        raise ValueError(f"issame has {len(same)} labels for {n_pairs} pairs")
+    if same.dtype != bool and not np.isin(same, (0, 1)).all():
+        raise ValueError("issame must hold booleans (or 0/1)")
+    same = same.astype(bool)
+    if same.all() or not same.any():
+        raise ValueError("issame needs both matched and mismatched pairs")
+    return same
+
+
+def _pair_folds(n_pairs: int, n_folds: int, folds) -> np.ndarray:
+    """``(N,)`` fold id of each pair: ``folds`` as given (checked), else ``kfold_ids``."""
+    if folds is None:
+        return kfold_ids(n_pairs, n_folds)
+    fold = np.asarray(folds).reshape(-1)
+    if len(fold) != n_pairs or not np.issubdtype(fold.dtype, np.integer) or fold.min() < 0:
+        raise ValueError(f"folds must be {n_pairs} non-negative ints (one per pair)")
+    return fold
+
+
+def _fold_scores(dist: np.ndarray, same: np.ndarray, fold: np.ndarray, thresholds, far_target):
+    """Per fold (``k`` distinct ids, sorted): ``(accuracy, threshold, VAL, FAR)`` as ``(k,)``
+    arrays, each fold scored with thresholds from the other folds (all pairs when ``k = 1``),
+    and the ids of folds whose VAL/FAR are undefined (NaN there)."""
+    ids = np.unique(fold)
+    acc, theta, val, far = (np.zeros(len(ids)) for _ in range(4))
+    undefined: list[int] = []
+    for f, fid in enumerate(ids):
+        test = fold == fid
+        train = ~test if len(ids) > 1 else test
+        d_tr, s_tr, d_te, s_te = dist[train], same[train], dist[test], same[test]
+        theta[f], _ = best_threshold(d_tr, s_tr, thresholds)
+        acc[f] = np.count_nonzero((d_te < theta[f]) == s_te) / len(d_te)
+        if s_te.all() or not s_te.any() or s_tr.all():  # insightface divides by zero here
+            undefined.append(int(fid))
+            val[f] = far[f] = np.nan
+            continue
+        accept = d_te < val_threshold(d_tr[~s_tr], far_target, thresholds)
+        val[f] = np.count_nonzero(accept & s_te) / np.count_nonzero(s_te)
+        far[f] = np.count_nonzero(accept & ~s_te) / np.count_nonzero(~s_te)
+    return acc, theta, val, far, undefined
+
+
 def verify(
     embeddings,
     issame,
@@ -278,38 +324,11 @@ def verify(
     if isinstance(thresholds, str) and thresholds not in ("exact", "grid"):
         raise ValueError(f"thresholds must be 'exact', 'grid' or an array, got {thresholds!r}")
     dist = pair_distances(embeddings, normalize)
-    same = np.asarray(issame).reshape(-1)
-    if len(same) != len(dist):
-        raise ValueError(f"issame has {len(same)} labels for {len(dist)} pairs")
-    if same.dtype != bool and not np.isin(same, (0, 1)).all():
-        raise ValueError("issame must hold booleans (or 0/1)")
-    same = same.astype(bool)
-    if same.all() or not same.any():
-        raise ValueError("issame needs both matched and mismatched pairs")
+    same = _pair_labels(issame, len(dist))
     if not 0 < far_target <= 1:
         raise ValueError(f"far_target must be in (0, 1], got {far_target}")
-    if folds is None:
-        fold = kfold_ids(len(dist), n_folds)
-    else:
-        fold = np.asarray(folds).reshape(-1)
-        if len(fold) != len(dist) or not np.issubdtype(fold.dtype, np.integer) or fold.min() < 0:
-            raise ValueError(f"folds must be {len(dist)} non-negative ints (one per pair)")
-    ids = np.unique(fold)
-    acc, theta, val, far = (np.zeros(len(ids)) for _ in range(4))
-    undefined: list[int] = []
-    for f, fid in enumerate(ids):
-        test = fold == fid
-        train = ~test if len(ids) > 1 else test
-        d_tr, s_tr, d_te, s_te = dist[train], same[train], dist[test], same[test]
-        theta[f], _ = best_threshold(d_tr, s_tr, thresholds)
-        acc[f] = np.count_nonzero((d_te < theta[f]) == s_te) / len(d_te)
-        if s_te.all() or not s_te.any() or s_tr.all():  # insightface divides by zero here
-            undefined.append(int(fid))
-            val[f] = far[f] = np.nan
-            continue
-        accept = d_te < val_threshold(d_tr[~s_tr], far_target, thresholds)
-        val[f] = np.count_nonzero(accept & s_te) / np.count_nonzero(s_te)
-        far[f] = np.count_nonzero(accept & ~s_te) / np.count_nonzero(~s_te)
+    fold = _pair_folds(len(dist), n_folds, folds)
+    acc, theta, val, far, undefined = _fold_scores(dist, same, fold, thresholds, far_target)
     if undefined:
         warnings.warn(
             f"folds {undefined} lack matched or mismatched test pairs (or training negatives): "
