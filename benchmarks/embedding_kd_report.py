@@ -68,10 +68,13 @@ def schedule(runs: Path, row: str, seeds) -> str:
     return f"{tr['optimizer']} {tr['lr']:g}, {tr['steps']} x {data['batch_size']}{amp}"
 
 
-def summarise(seeds_of: dict, per_model: dict, names, prefix: str) -> list[dict]:
-    """One line per row: mean ± std (sample) over the row's seeds and the per-seed values."""
+def summarise(
+    seeds_of: dict, per_model: dict, names, prefix: str, references=REFERENCES
+) -> list[dict]:
+    """One line per row: mean ± std (sample) over the row's seeds and the per-seed values;
+    first the untrained ``references`` (one value each)."""
     lines = []
-    for key in REFERENCES:
+    for key in references:
         line = {"row": key, "seeds": None}
         for s in names:
             line[f"{s}_mean"], line[f"{s}_std"] = per_model[key][s]["acc"], None
@@ -87,10 +90,13 @@ def summarise(seeds_of: dict, per_model: dict, names, prefix: str) -> list[dict]
     return lines
 
 
-def paired(seeds_of: dict, decisions: dict, names, prefix: str) -> list[dict]:
-    """Per comparison and set: the seeds both rows trained at, McNemar per seed, sign test."""
+def paired(
+    seeds_of: dict, decisions: dict, names, prefix: str, comparisons=COMPARISONS
+) -> list[dict]:
+    """Per comparison ``(A, B)`` and set: the seeds both rows trained at, McNemar per seed,
+    sign test."""
     tests = []
-    for a, b in COMPARISONS:
+    for a, b in comparisons:
         if a not in seeds_of or b not in seeds_of:
             continue
         seeds = [k for k in seeds_of[a] if k in seeds_of[b]]
