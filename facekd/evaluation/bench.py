@@ -82,6 +82,115 @@ def _ijb_row(model, ijb_root: str, target: str) -> dict:
     return row
 
 
+def _accuracy_cells(model, ps, low_res, channels_last) -> tuple[dict, tuple]:
+    """One model on one pair set: ``({report key: value}, (roc_fpr, roc_tpr))``.
+
+    Keys: ``<set>_acc`` / ``<set>_std`` per threshold search (``_key``), ``<set>_tar@1e-3``,
+    and ``<set>_acc@<s>`` per size ``s`` of ``low_res``; the faces are degraded to
+    ``min(s, input size)``, and a model smaller than every ``low_res`` size sees its own size.
+    """
+    own = None if model.input_size >= max(low_res, default=0) else model.input_size
+    res = _verify_set(model, ps, own, channels_last)
+    cells = {}
+    for m, r in res.items():
+        cells[_key(f"{ps.name}_acc", m)] = r.accuracy
+        cells[_key(f"{ps.name}_std", m)] = r.accuracy_std
+    main = res[SEARCHES[0]]
+    cells[f"{ps.name}_tar@1e-3"] = main.tar_at_far.get(1e-3)
+    for size in low_res:
+        degrade = min(size, model.input_size)
+        # a model fed at its own input size already saw exactly these faces above
+        low = res if degrade == model.input_size else _verify_set(model, ps, degrade, channels_last)
+        for m, r in low.items():
+            cells[_key(f"{ps.name}_acc@{size}", m)] = r.accuracy
+    return cells, (main.roc_fpr, main.roc_tpr)
+
+
+def _cost_cells(t_model, model, batch_sizes, precisions, budget) -> dict:
+    """``model`` profiled against the teacher (``profile.compare``, interleaved): its size,
+    FLOPs, compression, speed-up per (batch size, precision) and batch-1 latency."""
+    cmp = compare(
+        t_model,
+        model,
+        batch_sizes=batch_sizes,
+        precisions=precisions,
+        budget=budget,
+        progress=False,
+    )
+    cells = {
+        "params_M": cmp.student.params / 1e6,
+        "gflops": cmp.student.flops / 1e9,
+        "size_MB": cmp.student.size_bytes / 1e6,
+    }
+    cells["compression"] = cmp.compression_ratio
+    for sp in cmp.speedups():
+        cells[f"speedup_b{sp['batch_size']}_{sp['precision']}"] = sp["speedup"]
+    cells["latency_b1_ms"] = (
+        cmp.student.latency_for(1, precisions[0]).median_ms if 1 in batch_sizes else None
+    )
+    return cells
+
+
+def _columns(rows: list[dict], pair_sets, low_res, extra_columns) -> list[tuple[str, str]]:
+    """``(key, header)`` of the report table: accuracies per set (grid, ± std, low resolution,
+    exact), IJB keys and speed-ups as the first row has them, cost, then ``extra_columns``."""
+    acc_cols = []
+    for ps in pair_sets:
+        grid, exact = SEARCHES
+        acc_cols += [(f"{ps.name}_acc", f"{ps.name} ({grid})"), (f"{ps.name}_std", "± std")]
+        acc_cols += [(f"{ps.name}_acc@{s}", f"{ps.name} @{s}px ({grid})") for s in low_res]
+        acc_cols += [(_key(f"{ps.name}_acc", exact), f"{ps.name} ({exact})")]
+    ijb_cols = [(k, k) for k in rows[0] if k.startswith(("IJBC_", "IJBB_"))]
+    speed_cols = [
+        (k, k.replace("speedup_", "speed-up ")) for k in rows[0] if k.startswith("speedup_")
+    ]
+    return [
+        ("model", "model"),
+        ("method", "method"),
+        ("input_px", "input px"),
+        *acc_cols,
+        *ijb_cols,
+        ("params_M", "params (M)"),
+        ("gflops", "GFLOPs"),
+        ("compression", "compression ×"),
+        ("latency_b1_ms", "latency b1 ms"),
+        *speed_cols,
+        *extra_columns,
+    ]
+
+
+def _plots(rows: list[dict], curves: dict, pair_sets, low_res, out: Path) -> list[str]:
+    """Write ``roc_<set>.png`` per set and ``accuracy.png`` (the first set, at full and low
+    resolution); returns the file names, ``accuracy.png`` first."""
+    images = []
+    for ps in pair_sets:
+        plot_roc(curves[ps.name], out / f"roc_{ps.name}.png", title=f"ROC, {ps.name}")
+        images.append(f"roc_{ps.name}.png")
+    bars = [(f"{ps.name}_acc", ps.name) for ps in pair_sets[:1]]
+    bars += (
+        [(f"{pair_sets[0].name}_acc@{s}", f"{pair_sets[0].name} @{s}px") for s in low_res]
+        if pair_sets
+        else []
+    )
+    plot_accuracy(
+        rows, out / "accuracy.png", bars, title=f"Verification accuracy ({SEARCHES[0]} thresholds)"
+    )
+    images.insert(0, "accuracy.png")
+    return images
+
+
+#: notes every report carries under the caller's own
+_PROTOCOL_NOTES = [
+    "Accuracy: insightface protocol (flip-sum, L2-normalised) over the set's own folds, "
+    "else 10 contiguous blocks of the .bin; the threshold is chosen on the other folds.",
+    f"Columns marked ({SEARCHES[0]}) and the ± std use the {THRESHOLD_SEARCH[SEARCHES[0]]}; "
+    f"columns marked ({SEARCHES[1]}) use the {THRESHOLD_SEARCH[SEARCHES[1]]}. "
+    "TAR@FAR (report.json) comes from the ROC of all pairs, with no threshold search.",
+    "Compression = teacher params / model params; speed-up = teacher median latency / model "
+    "median latency, measured side by side in this run (interleaved).",
+]
+
+
 def run_benchmark(
     models: dict[str, tuple[object, str]],
     pair_sets: Sequence,
@@ -122,44 +231,11 @@ def run_benchmark(
             **(extra_rows or {}).get(name, {}),
         }
         for ps in pair_sets:
-            own = None if model.input_size >= max(low_res, default=0) else model.input_size
-            res = _verify_set(model, ps, own, channels_last)
-            for m, r in res.items():
-                row[_key(f"{ps.name}_acc", m)] = r.accuracy
-                row[_key(f"{ps.name}_std", m)] = r.accuracy_std
-            main = res[SEARCHES[0]]
-            row[f"{ps.name}_tar@1e-3"] = main.tar_at_far.get(1e-3)
-            curves[ps.name][name] = (main.roc_fpr, main.roc_tpr)
-            for size in low_res:
-                degrade = min(size, model.input_size)
-                # a model fed at its own input size already saw exactly these faces above
-                if degrade == model.input_size:
-                    low = res
-                else:
-                    low = _verify_set(model, ps, degrade, channels_last)
-                for m, r in low.items():
-                    row[_key(f"{ps.name}_acc@{size}", m)] = r.accuracy
+            cells, curves[ps.name][name] = _accuracy_cells(model, ps, low_res, channels_last)
+            row.update(cells)
         if ijb is not None:
             row.update(_ijb_row(model, *ijb))
-        cmp = compare(
-            t_model,
-            model,
-            batch_sizes=batch_sizes,
-            precisions=precisions,
-            budget=budget,
-            progress=False,
-        )
-        row.update(
-            params_M=cmp.student.params / 1e6,
-            gflops=cmp.student.flops / 1e9,
-            size_MB=cmp.student.size_bytes / 1e6,
-        )
-        row["compression"] = cmp.compression_ratio
-        for sp in cmp.speedups():
-            row[f"speedup_b{sp['batch_size']}_{sp['precision']}"] = sp["speedup"]
-        row["latency_b1_ms"] = (
-            cmp.student.latency_for(1, precisions[0]).median_ms if 1 in batch_sizes else None
-        )
+        row.update(_cost_cells(t_model, model, batch_sizes, precisions, budget))
         rows.append(row)
         print(
             f"  {name:<18} "
@@ -167,59 +243,15 @@ def run_benchmark(
             + f" ({SEARCHES[0]})"
             + f"  {row['compression']:.1f}x smaller"
         )
-    acc_cols = []
-    for ps in pair_sets:
-        grid, exact = SEARCHES
-        acc_cols += [(f"{ps.name}_acc", f"{ps.name} ({grid})"), (f"{ps.name}_std", "± std")]
-        acc_cols += [(f"{ps.name}_acc@{s}", f"{ps.name} @{s}px ({grid})") for s in low_res]
-        acc_cols += [(_key(f"{ps.name}_acc", exact), f"{ps.name} ({exact})")]
-    ijb_cols = [(k, k) for k in rows[0] if k.startswith(("IJBC_", "IJBB_"))]
-    speed_cols = [
-        (k, k.replace("speedup_", "speed-up ")) for k in rows[0] if k.startswith("speedup_")
-    ]
-    columns = [
-        ("model", "model"),
-        ("method", "method"),
-        ("input_px", "input px"),
-        *acc_cols,
-        *ijb_cols,
-        ("params_M", "params (M)"),
-        ("gflops", "GFLOPs"),
-        ("compression", "compression ×"),
-        ("latency_b1_ms", "latency b1 ms"),
-        *speed_cols,
-        *extra_columns,
-    ]
-    images = []
-    for ps in pair_sets:
-        plot_roc(curves[ps.name], out / f"roc_{ps.name}.png", title=f"ROC, {ps.name}")
-        images.append(f"roc_{ps.name}.png")
-    bars = [(f"{ps.name}_acc", ps.name) for ps in pair_sets[:1]]
-    bars += (
-        [(f"{pair_sets[0].name}_acc@{s}", f"{pair_sets[0].name} @{s}px") for s in low_res]
-        if pair_sets
-        else []
-    )
-    plot_accuracy(
-        rows, out / "accuracy.png", bars, title=f"Verification accuracy ({SEARCHES[0]} thresholds)"
-    )
-    images.insert(0, "accuracy.png")
-    std_notes = [
-        "Accuracy: insightface protocol (flip-sum, L2-normalised) over the set's own folds, "
-        "else 10 contiguous blocks of the .bin; the threshold is chosen on the other folds.",
-        f"Columns marked ({SEARCHES[0]}) and the ± std use the {THRESHOLD_SEARCH[SEARCHES[0]]}; "
-        f"columns marked ({SEARCHES[1]}) use the {THRESHOLD_SEARCH[SEARCHES[1]]}. "
-        "TAR@FAR (report.json) comes from the ROC of all pairs, with no threshold search.",
-        "Compression = teacher params / model params; speed-up = teacher median latency / model "
-        "median latency, measured side by side in this run (interleaved).",
-    ]
+    columns = _columns(rows, pair_sets, low_res, extra_columns)
+    images = _plots(rows, curves, pair_sets, low_res, out)
     legend = threshold_search_legend([ps.name for ps in pair_sets], low_res)
     return write_report(
         rows,
         out,
         title=title,
         columns=columns,
-        notes=[*notes, *std_notes],
+        notes=[*notes, *_PROTOCOL_NOTES],
         images=images,
         extra={"threshold_search": legend},
     )
