@@ -201,6 +201,96 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _export_with_fallback(model: nn.Module, tmp: Path, opset: int, dynamo: bool):
+    """Write ``tmp`` with the dynamo exporter (when ``dynamo``), else or on its failure with
+    TorchScript, clearing ``tmp``'s folder in between; returns ``(exporter, dynamo_error)``
+    (the dynamo error's first line, or None) and raises ``ExportError`` when nothing worked."""
+    exporter, dynamo_error = ("dynamo" if dynamo else "torchscript"), None
+    try:
+        _write_onnx(model, tmp, opset, dynamo)
+    except Exception as err:  # noqa: BLE001 - recorded, then the legacy exporter is tried
+        if not dynamo:
+            raise ExportError(f"ONNX export failed: {type(err).__name__}: {err}") from err
+        dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        exporter = "torchscript"
+        for p in tmp.parent.iterdir():
+            p.unlink()
+        try:
+            _write_onnx(model, tmp, opset, dynamo=False)
+        except Exception as err2:  # noqa: BLE001
+            raise ExportError(
+                f"ONNX export failed (dynamo: {dynamo_error}; torchscript: "
+                f"{type(err2).__name__}: {err2})"
+            ) from err2
+    return exporter, dynamo_error
+
+
+def _checked_parity(model: nn.Module, path: Path, faces: np.ndarray, min_cosine: float) -> dict:
+    """``compare_backends`` of torch and the graph at ``path``; ``ExportError`` naming the
+    worst cosine (overall and per batch) when a row falls below ``min_cosine``."""
+    parity = compare_backends(model, _session(path), faces)
+    if not parity["min_cosine"] >= min_cosine:
+        rows = {k: round(v["min_cosine"], 6) for k, v in parity.items() if k != "min_cosine"}
+        raise ExportError(
+            f"ONNX and torch embeddings disagree: worst cosine {parity['min_cosine']:.6f} "
+            f"< {min_cosine} (per batch: {rows}); the file was not kept"
+        )
+    return parity
+
+
+def _sidecar(
+    model: nn.Module,
+    out: Path,
+    source: str,
+    size: int,
+    *,
+    opset: int,
+    opset_requested: int,
+    exporter: str,
+    dynamo_error: str | None,
+    parity: dict,
+) -> dict:
+    """The sidecar dict of the kept export at ``out`` (format ``SIDECAR_FORMAT``): file and
+    hash, source and architecture, the graph contract (``input`` / ``output``), how it was
+    exported (``opset`` written and requested, exporter, dynamo error), versions and parity;
+    ``variants`` is left empty for the caller to fill."""
+    import onnxruntime as ort
+
+    return {
+        "format": SIDECAR_FORMAT,
+        "file": out.name,
+        "sha256": _sha256(out),
+        "source": source,
+        "arch": getattr(model, "arch", type(model).__name__),
+        "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
+        "input_size": size,
+        "embedding_size": int(getattr(model, "num_features", 0)) or None,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "normalization": "(x / 255 - 0.5) / 0.5",
+            "range": [-1.0, 1.0],
+            "alignment": "ArcFace 5-point template (facekd.data.align)",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", int(getattr(model, "num_features", 0)) or "D"],
+            "note": "raw; test time: f(x) + f(flip(x)), then L2-normalise",
+        },
+        "opset": opset,
+        "opset_requested": opset_requested,
+        "exporter": exporter,
+        "dynamo_error": dynamo_error,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "parity": parity,
+        "variants": {},
+    }
+
+
 def export_onnx(
     model_or_path,
     out: str | os.PathLike,
@@ -242,71 +332,25 @@ def export_onnx(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp = work / out.name
-        exporter, dynamo_error = ("dynamo" if dynamo else "torchscript"), None
-        try:
-            _write_onnx(model, tmp, opset, dynamo)
-        except Exception as err:  # noqa: BLE001 - recorded, then the legacy exporter is tried
-            if not dynamo:
-                raise ExportError(f"ONNX export failed: {type(err).__name__}: {err}") from err
-            dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-            exporter = "torchscript"
-            for p in work.iterdir():
-                p.unlink()
-            try:
-                _write_onnx(model, tmp, opset, dynamo=False)
-            except Exception as err2:  # noqa: BLE001
-                raise ExportError(
-                    f"ONNX export failed (dynamo: {dynamo_error}; torchscript: "
-                    f"{type(err2).__name__}: {err2})"
-                ) from err2
+        exporter, dynamo_error = _export_with_fallback(model, tmp, opset, dynamo)
         _stamp_preprocessing(tmp, model, size)
         written_opset = _check_graph(tmp, size)
         faces = parity_faces(size)
-        parity = compare_backends(model, _session(tmp), faces)
-        if not parity["min_cosine"] >= min_cosine:
-            rows = {k: round(v["min_cosine"], 6) for k, v in parity.items() if k != "min_cosine"}
-            raise ExportError(
-                f"ONNX and torch embeddings disagree: worst cosine {parity['min_cosine']:.6f} "
-                f"< {min_cosine} (per batch: {rows}); the file was not kept"
-            )
+        parity = _checked_parity(model, tmp, faces, min_cosine)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    import onnxruntime as ort
-
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "file": out.name,
-        "sha256": _sha256(out),
-        "source": source,
-        "arch": getattr(model, "arch", type(model).__name__),
-        "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
-        "input_size": size,
-        "embedding_size": int(getattr(model, "num_features", 0)) or None,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["batch", 3, size, size],
-            "dtype": "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "normalization": "(x / 255 - 0.5) / 0.5",
-            "range": [-1.0, 1.0],
-            "alignment": "ArcFace 5-point template (facekd.data.align)",
-        },
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["batch", int(getattr(model, "num_features", 0)) or "D"],
-            "note": "raw; test time: f(x) + f(flip(x)), then L2-normalise",
-        },
-        "opset": written_opset,
-        "opset_requested": opset,
-        "exporter": exporter,
-        "dynamo_error": dynamo_error,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "parity": {"provider": "CPUExecutionProvider", "min_cosine_required": min_cosine} | parity,
-        "variants": {},
-    }
+    sidecar = _sidecar(
+        model,
+        out,
+        source,
+        size,
+        opset=written_opset,
+        opset_requested=opset,
+        exporter=exporter,
+        dynamo_error=dynamo_error,
+        parity={"provider": "CPUExecutionProvider", "min_cosine_required": min_cosine} | parity,
+    )
     for kind, wanted in (("fp16", fp16), ("int8", int8)):
         if wanted:
             dst = out.with_name(f"{out.stem}.{kind}.onnx")
