@@ -166,6 +166,95 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
                 yield n, norm_crop(img, big[0].landmarks, align_size), None
 
 
+def _inference_runner(model, backend: str | None, bf16: bool):
+    """``(runner, input size, is_torch)`` from ``load_runner``; a module facekd loaded itself
+    (not the caller's) is BN-folded and made channels-last once where that is measured faster
+    (``prefers_channels_last``), so ``extract_embeddings`` does not copy it for every shard."""
+    runner, size = load_runner(model, backend)
+    is_torch = isinstance(runner, torch.nn.Module)
+    if bf16 and not is_torch:
+        raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
+    if is_torch and runner is not model and prefers_channels_last(runner):
+        # our own module: made an inference module once, not copied for every shard
+        runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
+    return runner, size, is_torch
+
+
+def _settings(
+    model,
+    is_torch: bool,
+    size: int | None,
+    flip: bool,
+    bf16: bool,
+    aligned: bool,
+    policy: str,
+    min_face: float,
+    align_size: int,
+) -> dict:
+    """The ``meta`` stored with every result: what must match for results to be reused (model
+    and its fingerprint, backend, flip, bf16 when on, input size; detection only in raw mode)."""
+    return {
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "model_fingerprint": fingerprint(model),
+        "backend": "torch" if is_torch else "onnx",
+        "flip": bool(flip),
+        **({"bf16": True} if bf16 else {}),
+        "normalized": True,
+        "aligned": bool(aligned),
+        "input_size": size,
+        **({} if aligned else {"policy": policy, "min_face": min_face, "align_size": align_size}),
+    }
+
+
+def _earlier_results(
+    out: Path, parts: Path, fail_path: Path, meta: dict, overwrite: bool, retry_failed: bool
+) -> tuple[dict[str, np.ndarray], list[Path], dict[str, str]]:
+    """What earlier runs with the same ``meta`` left: ``(rows {path: embedding} of the output
+    and every shard, the shard files sorted, recorded failures)``. ``overwrite`` deletes it all
+    first; ``retry_failed`` forgets the failures; other settings raise (``_read_rows``)."""
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+        out.unlink(missing_ok=True)
+        fail_path.unlink(missing_ok=True)
+    done: dict[str, np.ndarray] = _read_rows(out, meta) if out.exists() else {}
+    shards = sorted(parts.glob("shard_*.npz")) if parts.is_dir() else []
+    for shard in shards:
+        done.update(_read_rows(shard, meta))
+    failed: dict[str, str] = {}
+    if fail_path.exists() and not retry_failed:
+        old = json.loads(fail_path.read_text(encoding="utf-8"))
+        failed = old["failed"] if old.get("meta") == meta else {}
+    return done, shards, failed
+
+
+def _split_crops(results, failed: dict[str, str], bar) -> tuple[list[str], list[np.ndarray]]:
+    """``(names, crops)`` of the good ``(name, crop, reason)`` results; each failure's reason
+    goes into ``failed``; ``bar`` advances once per result."""
+    ok, crops = [], []
+    for name, crop, reason in results:
+        if reason is None:
+            ok.append(name)
+            crops.append(crop)
+        else:
+            failed[name] = reason
+        bar.update(1)
+    return ok, crops
+
+
+def _save_output(out: Path, names: list[str], done: dict[str, np.ndarray], meta: dict) -> None:
+    """The final ``.npz``: the rows of ``done`` in ``names`` order (``(0, D)`` when none)."""
+    keep = [n for n in names if n in done]
+    dim = next(iter(done.values())).shape[0] if done else 0
+    _save_npz(
+        out,
+        embeddings=np.stack([done[n] for n in keep]).astype(np.float32)
+        if keep
+        else np.zeros((0, dim), np.float32),
+        paths=np.array(keep, dtype=str),
+        meta=np.array(json.dumps(meta)),
+    )
+
+
 def embed_folder(
     src: str | os.PathLike,
     model,
@@ -207,37 +296,10 @@ def embed_folder(
         raise ValueError(f"output must be a .npz file, got {out}")
     tune_cpu()
     names = list_images(src)
-    runner, size = load_runner(model, backend)
-    is_torch = isinstance(runner, torch.nn.Module)
-    if bf16 and not is_torch:
-        raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
-    if is_torch and runner is not model and prefers_channels_last(runner):
-        # our own module: made an inference module once, not copied for every shard
-        runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
-    meta = {
-        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
-        "model_fingerprint": fingerprint(model),
-        "backend": "torch" if is_torch else "onnx",
-        "flip": bool(flip),
-        **({"bf16": True} if bf16 else {}),
-        "normalized": True,
-        "aligned": bool(aligned),
-        "input_size": size,
-        **({} if aligned else {"policy": policy, "min_face": min_face, "align_size": align_size}),
-    }
+    runner, size, is_torch = _inference_runner(model, backend, bf16)
+    meta = _settings(model, is_torch, size, flip, bf16, aligned, policy, min_face, align_size)
     parts, fail_path = Path(f"{out}.parts"), out.with_suffix(".failed.json")
-    if overwrite:
-        shutil.rmtree(parts, ignore_errors=True)
-        out.unlink(missing_ok=True)
-        fail_path.unlink(missing_ok=True)
-    done: dict[str, np.ndarray] = _read_rows(out, meta) if out.exists() else {}
-    shards = sorted(parts.glob("shard_*.npz")) if parts.is_dir() else []
-    for shard in shards:
-        done.update(_read_rows(shard, meta))
-    failed: dict[str, str] = {}
-    if fail_path.exists() and not retry_failed:
-        old = json.loads(fail_path.read_text(encoding="utf-8"))
-        failed = old["failed"] if old.get("meta") == meta else {}
+    done, shards, failed = _earlier_results(out, parts, fail_path, meta, overwrite, retry_failed)
     report = EmbedReport(reused=sum(n in done for n in names), out=out)
     todo = [n for n in names if n not in done and n not in failed]
     if todo and not aligned and detector is None:
@@ -248,41 +310,23 @@ def embed_folder(
     next_shard = int(shards[-1].stem.split("_")[1]) + 1 if shards else 0
     bar = tqdm(total=len(todo), desc="embed", unit="img", disable=not progress)
     for start in range(0, len(todo), shard_size):
-        chunk, ok, crops = todo[start : start + shard_size], [], []
-        for name, crop, reason in _crops(
+        chunk = todo[start : start + shard_size]
+        results = _crops(
             src, chunk, aligned, detector, workers, min(batch_size, 16), min_face, align_size
-        ):
-            if reason is None:
-                ok.append(name)
-                crops.append(crop)
-            else:
-                failed[name] = reason
-            bar.update(1)
+        )
+        ok, crops = _split_crops(results, failed, bar)
         if ok:
             emb = extract_embeddings(
                 runner, crops, batch_size=batch_size, flip=flip, bf16=bf16, progress=False
             )
-            _save_npz(
-                parts / f"shard_{next_shard:05d}.npz",
-                embeddings=emb,
-                paths=np.array(ok),
-                meta=np.array(json.dumps(meta)),
-            )
+            shard = parts / f"shard_{next_shard:05d}.npz"
+            _save_npz(shard, embeddings=emb, paths=np.array(ok), meta=np.array(json.dumps(meta)))
             next_shard += 1
             done.update(zip(ok, emb, strict=True))
             report.embedded += len(ok)
         _save_failures(fail_path, failed, meta)
     bar.close()
-    keep = [n for n in names if n in done]
-    dim = next(iter(done.values())).shape[0] if done else 0
-    _save_npz(
-        out,
-        embeddings=np.stack([done[n] for n in keep]).astype(np.float32)
-        if keep
-        else np.zeros((0, dim), np.float32),
-        paths=np.array(keep, dtype=str),
-        meta=np.array(json.dumps(meta)),
-    )
+    _save_output(out, names, done, meta)
     report.failed = {n: failed[n] for n in names if n in failed}
     _save_failures(fail_path, report.failed, meta)
     shutil.rmtree(parts, ignore_errors=True)
