@@ -169,19 +169,10 @@ def load(
     inference module (BatchNorm folded, channels-last) where that is faster
     (``extract_embeddings``' default), once, not at every call.
     """
-    import torch
-
-    from facekd.deploy.embed_folder import load_runner
-    from facekd.evaluation.embed import fold_batchnorm, prefers_channels_last
+    from facekd.deploy.embed_folder import inference_runner
 
     tune_cpu()
-    runner, size = load_runner(path_or_name, backend)
-    is_torch = isinstance(runner, torch.nn.Module)
-    if bf16 and not is_torch:
-        raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
-    if is_torch and runner is not path_or_name and prefers_channels_last(runner):
-        # our own module (never the caller's): made an inference copy once, not per call
-        runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
+    runner, size, _ = inference_runner(path_or_name, backend, bf16)
     source = str(path_or_name) if isinstance(path_or_name, (str, os.PathLike)) else "module"
     from facekd.search.sidecar import resolve_threshold
 

@@ -166,16 +166,18 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
                 yield n, norm_crop(img, big[0].landmarks, align_size), None
 
 
-def _inference_runner(model, backend: str | None, bf16: bool):
-    """``(runner, input size, is_torch)`` from ``load_runner``; a module facekd loaded itself
-    (not the caller's) is BN-folded and made channels-last once where that is measured faster
-    (``prefers_channels_last``), so ``extract_embeddings`` does not copy it for every shard."""
+def inference_runner(model, backend: str | None = None, bf16: bool = False):
+    """``(runner, input size, is_torch)`` from ``load_runner``, for repeated embedding (every
+    shard here, every call of ``facekd.deploy.api.FaceModel``): a module facekd loaded itself
+    (never the caller's) is BN-folded and made channels-last once where that is measured faster
+    (``prefers_channels_last``), so ``extract_embeddings`` does not copy it at every call.
+    ``bf16`` with an ONNX runner raises ``ValueError``."""
     runner, size = load_runner(model, backend)
     is_torch = isinstance(runner, torch.nn.Module)
     if bf16 and not is_torch:
         raise ValueError("bf16=True applies to torch models only; an ONNX graph fixes its dtype")
     if is_torch and runner is not model and prefers_channels_last(runner):
-        # our own module: made an inference module once, not copied for every shard
+        # our own module (never the caller's): made an inference module once, not per call
         runner = fold_batchnorm(runner.eval()).to(memory_format=torch.channels_last)
     return runner, size, is_torch
 
@@ -296,7 +298,7 @@ def embed_folder(
         raise ValueError(f"output must be a .npz file, got {out}")
     tune_cpu()
     names = list_images(src)
-    runner, size, is_torch = _inference_runner(model, backend, bf16)
+    runner, size, is_torch = inference_runner(model, backend, bf16)
     meta = _settings(model, is_torch, size, flip, bf16, aligned, policy, min_face, align_size)
     parts, fail_path = Path(f"{out}.parts"), out.with_suffix(".failed.json")
     done, shards, failed = _earlier_results(out, parts, fail_path, meta, overwrite, retry_failed)
