@@ -62,6 +62,72 @@ def _per_channel(value, name: str) -> np.ndarray:
     return np.broadcast_to(arr, (3,)).reshape(1, 3, 1, 1).copy()
 
 
+def _read_graph(path: Path):
+    """``(file bytes, onnx.ModelProto, stored facekd.preprocessing metadata or {})``."""
+    import onnx
+
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX teacher {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        model = onnx.load_from_string(raw)
+    except Exception as err:  # noqa: BLE001 - any parse failure means "not an ONNX model"
+        raise OnnxTeacherError(f"{path} is not a readable ONNX model: {err}") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    stored = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    return raw, model, stored
+
+
+def _image_input(model, path: Path) -> tuple[str, list[int | None]]:
+    """Name and dims (``None`` where dynamic) of the graph's one rank-4 image input."""
+    inputs = [
+        i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
+    if len(inputs) != 1:
+        raise OnnxTeacherError(
+            f"{path}: a face teacher takes one image input, the graph has "
+            f"{[i.name for i in inputs]}"
+        )
+    name = inputs[0].name
+    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise OnnxTeacherError(f"{path}: input {name} has rank {len(dims)}, not 4")
+    return name, dims
+
+
+def _expose_pooled(model, pooled_output: str, path: Path) -> bool:
+    """Make the tensor ``pooled_output`` a graph output (in place); True when one was added,
+    so the graph must be serialised again. Raises when the graph has no such tensor."""
+    import onnx
+
+    outputs = [o.name for o in model.graph.output]
+    if pooled_output in outputs:
+        return False
+    if pooled_output not in {v for n in model.graph.node for v in n.output}:
+        raise OnnxTeacherError(
+            f"{path}: no tensor named {pooled_output!r} in the graph (outputs: {outputs})"
+        )
+    model.graph.output.append(onnx.ValueInfoProto(name=pooled_output))
+    return True
+
+
+def _providers(device: str) -> list[str]:
+    """onnxruntime providers for ``device`` (``"auto"``, ``"cuda..."`` or ``"cpu"``): CUDA
+    first when insisted on (an error without it) or, for ``"auto"``, when it and a CUDA device
+    are available; the CPU provider always."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if str(device).startswith("cuda") and not has_cuda:
+        raise OnnxTeacherError("device is CUDA but onnxruntime has no CUDAExecutionProvider")
+    if str(device).startswith("cuda") or (
+        device == "auto" and has_cuda and torch.cuda.is_available()
+    ):
+        providers.insert(0, "CUDAExecutionProvider")
+    return providers
+
+
 class OnnxTeacher(nn.Module):
     """See the module docstring. ``device``: ``"auto"`` (default) runs on onnxruntime's CUDA
     provider when it and a CUDA device are available, else on the CPU; ``"cuda"`` insists on
@@ -83,33 +149,11 @@ class OnnxTeacher(nn.Module):
         device: str = "auto",
     ) -> None:
         super().__init__()
-        import onnx
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX teacher {self.path} does not exist")
-        raw = self.path.read_bytes()
-        try:
-            model = onnx.load_from_string(raw)
-        except Exception as err:  # noqa: BLE001 - any parse failure means "not an ONNX model"
-            raise OnnxTeacherError(f"{self.path} is not a readable ONNX model: {err}") from None
-        meta = {p.key: p.value for p in model.metadata_props}
-        stored = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
-        inputs = [
-            i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
-        ]
-        if len(inputs) != 1:
-            raise OnnxTeacherError(
-                f"{self.path}: a face teacher takes one image input, the graph has "
-                f"{[i.name for i in inputs]}"
-            )
-        self.input_name = inputs[0].name
-        dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
-        if len(dims) != 4:
-            raise OnnxTeacherError(
-                f"{self.path}: input {self.input_name} has rank {len(dims)}, not 4"
-            )
+        raw, model, stored = _read_graph(self.path)
+        self.input_name, dims = _image_input(model, self.path)
         self.layout = (layout or stored.get("layout") or self._layout_from(dims)).lower()
         if self.layout not in LAYOUTS:
             raise OnnxTeacherError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
@@ -136,14 +180,7 @@ class OnnxTeacher(nn.Module):
         if self.channels not in CHANNELS:
             raise OnnxTeacherError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
         outputs = [o.name for o in model.graph.output]
-        if pooled_output and pooled_output not in outputs:
-            known = {v for n in model.graph.node for v in n.output}
-            if pooled_output not in known:
-                raise OnnxTeacherError(
-                    f"{self.path}: no tensor named {pooled_output!r} in the graph (outputs: "
-                    f"{outputs})"
-                )
-            model.graph.output.append(onnx.ValueInfoProto(name=pooled_output))
+        if pooled_output and _expose_pooled(model, pooled_output, self.path):
             raw = model.SerializeToString()
         self.embedding_output = embedding_output or self._first_rank2(model, outputs)
         if self.embedding_output not in outputs:
@@ -151,15 +188,7 @@ class OnnxTeacher(nn.Module):
         self.pooled_output = pooled_output
         if pooled_output:
             self.provides = frozenset({"embedding", "pooled"})
-        providers = ["CPUExecutionProvider"]
-        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        if str(device).startswith("cuda") and not has_cuda:
-            raise OnnxTeacherError("device is CUDA but onnxruntime has no CUDAExecutionProvider")
-        if str(device).startswith("cuda") or (
-            device == "auto" and has_cuda and torch.cuda.is_available()
-        ):
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(raw, providers=providers)
+        self.session = ort.InferenceSession(raw, providers=_providers(device))
         contract = {
             "mean": self.mean.ravel().tolist(),
             "std": self.std.ravel().tolist(),
