@@ -183,6 +183,108 @@ def _group_mean(scores, usable, cols, group: str, skipped: list[str], names) -> 
     return scores[keep].mean(0) if keep else np.zeros(scores.shape[1])
 
 
+def _activations(activations) -> np.ndarray:
+    """``(N, D)`` float64 activations, checked: finite, ``N >= 4``, ``D >= 1``."""
+    a = np.asarray(activations, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 4 or a.shape[1] < 1 or not np.isfinite(a).all():
+        raise ValueError(f"activations must be finite (N >= 4, D >= 1), got {a.shape}")
+    return a
+
+
+def _hyper(d: int, mu, gamma, lam, tau, eps, damping, max_sweeps, tol, holdout, seed) -> dict:
+    """The energy and solver settings, each checked (``select_neurons`` documents them), with
+    ``lam`` resolved to ``1 / D`` when None; ``signed`` is added by the caller."""
+    return {
+        "mu": _real("mu", mu, 0.0),
+        "gamma": _real("gamma", gamma, 0.0),
+        "lam": _real("lam", 1.0 / d if lam is None else lam, 0.0),
+        "tau": _real("tau", tau, 0.0, open_lo=True),
+        "eps": _real("eps", eps, 0.0),
+        "damping": _real("damping", damping, 0.0, 1.0, open_lo=True),
+        "max_sweeps": _int("max_sweeps", max_sweeps, 1),
+        "tol": _real("tol", tol, 0.0, open_lo=True),
+        "holdout": _real("holdout", holdout, 0.0, 1.0, open_lo=True, open_hi=True),
+        "seed": _int("seed", seed, 0),
+    }
+
+
+def _resolve_mode(mode: str | None, attributes, identity_labels) -> str:
+    """``mode`` checked; None picks ``attributes`` when they are given, else the fallback."""
+    if mode is None:
+        if attributes is None and identity_labels is None:
+            raise ValueError("give attributes (attributes mode) or identity_labels (fallback)")
+        mode = "attributes" if attributes is not None else "identity_fallback"
+    if mode not in MODES:
+        raise ValueError(f"unknown selection mode {mode!r}; valid: {MODES}")
+    return mode
+
+
+def _resolve_signed(signed: bool | None, a: np.ndarray) -> bool:
+    """The inhibition measure: ``signed`` as given, or by default signed iff any activation is
+    negative (a BN embedding such as iResNet's ``features``)."""
+    if signed is None:
+        return bool((a < 0).any())
+    if not isinstance(signed, bool):
+        raise ValueError(f"signed must be True, False or None, got {signed!r}")
+    return signed
+
+
+def _attribute_statistics(a, attributes, attribute_names, ia_names, na_names, hyper, digest):
+    """Attributes mode: ``(s_ia, s_na, IA names, NA names, skipped attributes)``; ``s_ia`` /
+    ``s_na`` ``(D,)`` are the mean held-out scores of the usable IA / NA attributes (those with
+    both classes in both splits). The names and labels are added to ``digest``."""
+    if attributes is None:
+        raise ValueError("mode='attributes' needs attributes")
+    labels, names, ia, na = _attribute_inputs(
+        attributes, attribute_names, ia_names, na_names, a.shape[0]
+    )
+    cols = [names.index(x) for x in ia + na]
+    usable, scores = attribute_scores(a, labels[:, cols], hyper["holdout"], hyper["seed"])
+    picked, skipped = [names[c] for c in cols], []
+    s_ia = _group_mean(scores, usable, range(len(ia)), "IA", skipped, picked)
+    s_na = _group_mean(scores, usable, range(len(ia), len(cols)), "NA", skipped, picked)
+    digest.update(json.dumps(names).encode() + np.packbits(labels).tobytes())
+    return s_ia, s_na, ia, na, skipped
+
+
+def _identity_statistics(a, identity_labels, digest):
+    """Identity fallback: ``(s_ia, s_na, [], [], [])`` from identity statistics
+    (``statistics.identity_scores``); the labels are added to ``digest``."""
+    if identity_labels is None:
+        raise ValueError("mode='identity_fallback' needs identity_labels")
+    n = a.shape[0]
+    ids = np.asarray(identity_labels)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"identity_labels must be (N={n},) integers, got {ids.shape}")
+    stats = identity_scores(a, ids)
+    digest.update(ids.astype(np.int64).tobytes())
+    return stats["s_ia"], stats["s_na"], [], [], []
+
+
+def _diagnose(res, w: np.ndarray, hyper: dict, k: int, skipped: list[str], mode: str) -> dict:
+    """What the solver run says about itself (stored with the selection). Logs a warning when
+    it did not converge or free-energy descent is unproven, a note when K was not hit exactly,
+    and a summary line (K of D, bias, histogram of the marginals q)."""
+    diagnostics = {
+        "converged": res.converged,
+        "exact_k": res.exact,
+        "bisection_steps": res.bisection_steps,
+        "descent_guaranteed": descent_guaranteed(w, hyper["lam"], hyper["damping"]),
+        "free_energy": res.free_energy,
+        "skipped_attributes": skipped,
+    }
+    if not res.converged:
+        log.warning("mean field did not converge in %d sweeps", hyper["max_sweeps"])
+    if not diagnostics["descent_guaranteed"]:
+        log.warning("lam * lambda_max(W) may exceed 4(2-eta)/eta: free-energy descent unproven")
+    if not res.exact:
+        log.info("no bias selects exactly K=%d (tied neurons): K largest q taken", k)
+    hist, _ = np.histogram(res.q, bins=10, range=(0.0, 1.0))
+    log.info("neuron selection (%s): K=%d of D=%d, b=%.4g, q histogram %s", mode, k, w.shape[0],
+             res.bias, hist.tolist())  # fmt: skip
+    return diagnostics
+
+
 def select_neurons(
     activations,
     *,
@@ -227,79 +329,24 @@ def select_neurons(
         holdout: held-out fraction for the attribute accuracies (default 0.3) [OURS].
         seed: seed of the train/held-out split (the only randomness).
     """
-    a = np.asarray(activations, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] < 4 or a.shape[1] < 1 or not np.isfinite(a).all():
-        raise ValueError(f"activations must be finite (N >= 4, D >= 1), got {a.shape}")
+    a = _activations(activations)
     n, d = a.shape
     k = _int("k", round(K_RATIO * d) if k is None else k, 1, d)
-    hyper = {
-        "mu": _real("mu", mu, 0.0),
-        "gamma": _real("gamma", gamma, 0.0),
-        "lam": _real("lam", 1.0 / d if lam is None else lam, 0.0),
-        "tau": _real("tau", tau, 0.0, open_lo=True),
-        "eps": _real("eps", eps, 0.0),
-        "damping": _real("damping", damping, 0.0, 1.0, open_lo=True),
-        "max_sweeps": _int("max_sweeps", max_sweeps, 1),
-        "tol": _real("tol", tol, 0.0, open_lo=True),
-        "holdout": _real("holdout", holdout, 0.0, 1.0, open_lo=True, open_hi=True),
-        "seed": _int("seed", seed, 0),
-    }
-    if mode is None:
-        if attributes is None and identity_labels is None:
-            raise ValueError("give attributes (attributes mode) or identity_labels (fallback)")
-        mode = "attributes" if attributes is not None else "identity_fallback"
-    if mode not in MODES:
-        raise ValueError(f"unknown selection mode {mode!r}; valid: {MODES}")
-    if signed is None:
-        signed = bool((a < 0).any())
-    elif not isinstance(signed, bool):
-        raise ValueError(f"signed must be True, False or None, got {signed!r}")
-    hyper["signed"] = signed
-
+    hyper = _hyper(d, mu, gamma, lam, tau, eps, damping, max_sweeps, tol, holdout, seed)
+    mode = _resolve_mode(mode, attributes, identity_labels)
+    hyper["signed"] = signed = _resolve_signed(signed, a)
     digest = hashlib.sha256(f"{mode}:{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
-    skipped: list[str] = []
     if mode == "attributes":
-        if attributes is None:
-            raise ValueError("mode='attributes' needs attributes")
-        labels, names, ia, na = _attribute_inputs(
-            attributes, attribute_names, ia_names, na_names, n
+        s_ia, s_na, ia, na, skipped = _attribute_statistics(
+            a, attributes, attribute_names, ia_names, na_names, hyper, digest
         )
-        cols = [names.index(x) for x in ia + na]
-        usable, scores = attribute_scores(a, labels[:, cols], hyper["holdout"], hyper["seed"])
-        picked = [names[c] for c in cols]
-        s_ia = _group_mean(scores, usable, range(len(ia)), "IA", skipped, picked)
-        s_na = _group_mean(scores, usable, range(len(ia), len(cols)), "NA", skipped, picked)
-        digest.update(json.dumps(names).encode() + np.packbits(labels).tobytes())
     else:
-        if identity_labels is None:
-            raise ValueError("mode='identity_fallback' needs identity_labels")
-        ids = np.asarray(identity_labels)
-        if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"identity_labels must be (N={n},) integers, got {ids.shape}")
-        stats = identity_scores(a, ids)
-        s_ia, s_na, ia, na = stats["s_ia"], stats["s_na"], [], []
-        digest.update(ids.astype(np.int64).tobytes())
+        s_ia, s_na, ia, na, skipped = _identity_statistics(a, identity_labels, digest)
     rho = inhibition_rate(a, signed, hyper["eps"], hyper["tau"])
     w = abs_correlation(a)
     unary = -(s_ia - hyper["mu"] * s_na) + hyper["gamma"] * (1.0 - rho)
     res = solve_k(unary, w, hyper["lam"], k, hyper["damping"], hyper["max_sweeps"], hyper["tol"])
-    diagnostics = {
-        "converged": res.converged,
-        "exact_k": res.exact,
-        "bisection_steps": res.bisection_steps,
-        "descent_guaranteed": descent_guaranteed(w, hyper["lam"], hyper["damping"]),
-        "free_energy": res.free_energy,
-        "skipped_attributes": skipped,
-    }
-    if not res.converged:
-        log.warning("mean field did not converge in %d sweeps", hyper["max_sweeps"])
-    if not diagnostics["descent_guaranteed"]:
-        log.warning("lam * lambda_max(W) may exceed 4(2-eta)/eta: free-energy descent unproven")
-    if not res.exact:
-        log.info("no bias selects exactly K=%d (tied neurons): K largest q taken", k)
-    hist, _ = np.histogram(res.q, bins=10, range=(0.0, 1.0))
-    log.info("neuron selection (%s): K=%d of D=%d, b=%.4g, q histogram %s", mode, k, d,
-             res.bias, hist.tolist())  # fmt: skip
+    diagnostics = _diagnose(res, w, hyper, k, skipped, mode)
     return NeuronSelection(
         indices=res.indices,
         q=res.q,
