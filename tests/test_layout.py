@@ -1,6 +1,7 @@
 """The package's shape, measured from its own imports (the README's Layout section): no import
 cycle among facekd modules (function-level imports included), a layer never imports a layer
-listed after it, and only a few modules sit loose at the top of ``facekd/``."""
+listed after it, and only a few modules sit loose at the top of ``facekd/``. Measured from the
+code too: no file and no function grows past the size limits (issue #17)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facekd"
 #: lowest first, as in the README; deploy and search use each other (one layer)
 LAYERS = ("types", "config", "runtime", "data", "models", "evaluation", "selection", "losses",
           "teachers", "engine", ("deploy", "search"), "demo", "cli")  # fmt: skip
+#: lines of a module (its newline count) and of a function (``end_lineno - lineno + 1`` of its
+#: ``def``: signature, docstring and body; decorators not counted)
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 
 def _modules() -> dict[str, Path]:
@@ -86,3 +90,30 @@ def test_few_modules_loose_at_the_top():
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     named = {x for layer in LAYERS for x in (layer if isinstance(layer, tuple) else (layer,))}
     assert packages <= named, f"a package missing from the README's layers: {packages - named}"
+
+
+def _functions(tree: ast.AST, prefix: str = ""):
+    """``(qualified name, node)`` of every function and method, nested ones included."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{node.name}"
+            if not isinstance(node, ast.ClassDef):
+                yield name, node
+            yield from _functions(node, f"{name}.")
+        else:
+            yield from _functions(node, prefix)
+
+
+def test_files_and_functions_stay_within_the_size_limits():
+    offenders = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        src, where = f.read_text(), f.relative_to(PACKAGE.parent).as_posix()
+        lines = src.count("\n")
+        if lines > MAX_FILE_LINES:
+            offenders.append(f"{where}: {lines} lines (a file: at most {MAX_FILE_LINES})")
+        for name, node in _functions(ast.parse(src)):
+            size = node.end_lineno - node.lineno + 1
+            if size > MAX_FUNCTION_LINES:
+                limit = f"a function: at most {MAX_FUNCTION_LINES}"
+                offenders.append(f"{where}:{node.lineno} {name}: {size} lines ({limit})")
+    assert not offenders, "split by concept into named helpers or modules:\n" + "\n".join(offenders)
