@@ -36,9 +36,10 @@ def test_int8_file_is_qdq_and_close_to_fp32(quantized):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "PRelu" not in ops
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert {t.name.split("_")[0] for t in int8_weights} >= {"w1", "w2", "wf"}
-    # the global depthwise conv stays float by default: its weight is not quantised
+    # the global depthwise conv computes in float by default; its weight is stored int8
     gdc = next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "gdc")
-    assert gdc.input[1] == "w3"
+    assert gdc.input[1] == "w3_dequantized"
+    assert info["quantization"]["float_nodes_with_int8_weights"] == ["gdc"]
     # the sidecar's cosine is what an independent run of both files gives on held-back faces
     from facekd.deploy.calibration import load_faces
 
@@ -125,3 +126,41 @@ def test_int8_bench_needs_one_file_per_student_and_a_sidecar(tmp_path, quantized
         int8_bench({"a": (None, "a"), "b": (None, "b")}, [quantized[1]], [], tmp_path)
     with pytest.raises(ValueError, match="no sidecar"):
         fp32_of(quantized[0])
+
+
+def test_int8_stored_weights_are_per_channel_and_within_half_a_step(tmp_path):
+    from onnx import numpy_helper
+
+    from facekd.deploy.graph import int8_stored_weights
+
+    src = tiny_model(tmp_path / "m.onnx", seed=3)
+    model = onnx.load(str(src))
+    w3 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w3"))
+    assert int8_stored_weights(model, ["gdc", "fc"]) == ["gdc"]  # fc is a Gemm: left alone
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q, scale = inits["w3_int8"], inits["w3_scale"]
+    assert q.dtype == np.int8 and "w3" not in inits and scale.shape == (8,)
+    # independent: per output channel, the largest |w| maps to 127 and rounding errs <= s / 2
+    peak = np.abs(w3).reshape(8, -1).max(1)
+    assert np.allclose(scale, peak / 127)
+    assert np.abs(q.astype(np.float32) * scale[:, None, None, None] - w3).max() <= (
+        scale.max() / 2 + 1e-7
+    )
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear")
+    assert list(dq.input) == ["w3_int8", "w3_scale", "w3_zero_point"]
+    x = to_input(_faces(4, seed=2))
+    ref, got = _run(src, x), _run(model.SerializeToString(), x)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.9999
+
+
+def test_kept_float_weights_can_stay_fp32(tmp_path, quantized):
+    _, _, _, root = quantized
+    src = tiny_model(tmp_path / "m.onnx")
+    out = tmp_path / "m.int8.onnx"
+    info = quantize_onnx(
+        src, root, out, calibration_size=16, held_back=4, progress=False, int8_kept_weights=False
+    )
+    gdc = next(n for n in onnx.load(str(out)).graph.node if n.name == "gdc")
+    assert gdc.input[1] == "w3" and info["quantization"]["float_nodes_with_int8_weights"] == []
+    assert info["size_ratio"] < quantized[2]["size_ratio"]  # the int8-stored file is smaller

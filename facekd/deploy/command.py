@@ -40,6 +40,11 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-back", type=int, default=128, help="faces for the cosine check")
     p.add_argument("--seed", type=int, default=0, help="seed of the face draw")
     p.add_argument("--no-prelu-rewrite", action="store_true", help="keep onnxruntime's PRelu")
+    p.add_argument(
+        "--fp32-kept-weights",
+        action="store_true",
+        help="store the weights of --keep-float layers in fp32 (default: int8, weight-only)",
+    )
     p.add_argument("--bin", action="append", default=[], help="verification .bin (repeatable)")
 
 
@@ -61,6 +66,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         held_back=args.held_back,
         seed=args.seed,
         rewrite=not args.no_prelu_rewrite,
+        int8_kept_weights=not args.fp32_kept_weights,
         bins=tuple(args.bin),
     )
     cos, q = info["cosine_to_fp32_held_back"]["int8"], info["quantization"]
