@@ -35,6 +35,8 @@ class Batch:
         index: optional ``(B,)`` int64 data-set indices (keys into a teacher cache).
         flipped: optional ``(B,)`` bool, True where the face was mirrored by augmentation
             (a teacher cache then returns the teacher's output on the mirrored face).
+        teacher: optional teacher outputs of these faces fetched with the batch (a teacher
+            cache's rows, read by the data loader's workers instead of the training thread).
     """
 
     images: Tensor
@@ -42,6 +44,7 @@ class Batch:
     teacher_images: Tensor | None = None
     index: Tensor | None = None
     flipped: Tensor | None = None
+    teacher: ModelOutput | None = None
 
     def __post_init__(self) -> None:
         _check_images("images", self.images)
@@ -80,7 +83,11 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor moved to ``device``."""
         moved = {
-            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            f.name: (
+                v.to(device, non_blocking=non_blocking)
+                if isinstance(v, (Tensor, ModelOutput))
+                else v
+            )
             for f in fields(self)
             for v in [getattr(self, f.name)]
         }
@@ -109,13 +116,25 @@ class ModelOutput:
     margin_logits: Tensor | None = None
     classes: Tensor | None = None
 
-    def detach(self) -> ModelOutput:
-        """A copy whose tensors are cut from the autograd graph."""
+    def _map(self, fn) -> ModelOutput:
+        def f(t):
+            return None if t is None else fn(t)
+
         return ModelOutput(
-            embedding=self.embedding.detach(),
-            stages=[None if s is None else s.detach() for s in self.stages],
-            pooled=None if self.pooled is None else self.pooled.detach(),
-            logits=None if self.logits is None else self.logits.detach(),
-            margin_logits=None if self.margin_logits is None else self.margin_logits.detach(),
+            embedding=fn(self.embedding),
+            stages=[f(s) for s in self.stages],
+            pooled=f(self.pooled),
+            logits=f(self.logits),
+            margin_logits=f(self.margin_logits),
             classes=self.classes,
         )
+
+    def detach(self) -> ModelOutput:
+        """A copy whose tensors are cut from the autograd graph."""
+        return self._map(Tensor.detach)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ModelOutput:
+        """A copy with every tensor (``classes`` included) moved to ``device``."""
+        out = self._map(lambda t: t.to(device, non_blocking=non_blocking))
+        out.classes = None if self.classes is None else self.classes.to(device)
+        return out

@@ -133,3 +133,34 @@ def test_values_beyond_float16_are_refused_not_stored_as_inf(tmp_path):
         teacher.features.bias.fill_(1e6)
     with pytest.raises(ValueError, match="not finite once stored as float16"):
         build_teacher_cache(teacher, Faces(), tmp_path / "c", "p", progress=False)
+
+
+def test_loader_workers_fetch_the_rows_and_the_distiller_uses_them(tmp_path, monkeypatch):
+    import pickle
+
+    from facekd.data.sampler import ShuffledBatchSampler
+    from facekd.engine.trainer import Trainer, TrainSettings
+    from facekd.teachers.cache_rows import WithTeacherRows
+
+    teacher, data = _teacher(), Faces()
+    cache = build_teacher_cache(teacher, data, tmp_path / "c", "p", dtype="float32", progress=False)
+    # pickled as its folder (spawned workers), reopened with the same rows
+    again = pickle.loads(pickle.dumps(cache))
+    assert len(pickle.dumps(cache)) < 2_000
+    torch.testing.assert_close(again.lookup(torch.tensor([4])).embedding,
+                               cache.lookup(torch.tensor([4])).embedding)  # fmt: skip
+    batch = WithTeacherRows(cache)([data[i] for i in (2, 5, 9)])
+    torch.testing.assert_close(batch.teacher.embedding, cache.lookup(batch.index).embedding)
+    torch.manual_seed(0)
+    student = build_backbone("mobilefacenet", width=0.25, input_size=32).eval()
+    cached = Distiller(student, losses={"e": build_loss("embedding")}, teacher_cache=cache).eval()
+    want = cached(collate_batch([data[i] for i in (2, 5, 9)]))["kd/e"]  # the training thread reads
+    monkeypatch.setattr(cache, "lookup", lambda *a, **k: pytest.fail("read on the training thread"))
+    torch.testing.assert_close(cached(batch)["kd/e"], want)
+    # the Trainer's loader (2 worker processes here) hands every batch over with its rows
+    sampler = ShuffledBatchSampler(len(data), 4, seed=0)
+    settings = TrainSettings(steps=1, progress=False)
+    trainer = Trainer(cached.train(), data, sampler, settings, tmp_path / "run", num_workers=2)
+    monkeypatch.undo()
+    first = next(iter(trainer.loader))
+    torch.testing.assert_close(first.teacher.embedding, cache.lookup(first.index).embedding)

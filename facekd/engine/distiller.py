@@ -142,7 +142,9 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_outputs(self, batch: Batch) -> ModelOutput:
         """The teacher's view of the batch, from the cache or an online forward pass."""
-        if self.teacher_cache is not None:
+        if batch.teacher is not None:  # the cache's rows, fetched by the loader's workers
+            out = batch.teacher
+        elif self.teacher_cache is not None:
             if batch.index is None:
                 raise ValueError("a teacher cache needs Batch.index (data-set indices)")
             out = self.teacher_cache.lookup(

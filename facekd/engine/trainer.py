@@ -45,6 +45,7 @@ from facekd.engine.seeding import (  # noqa: F401 - seed_everything, seeded: re-
 )
 from facekd.engine.settings import TrainSettings, build_optimizer, lr_lambda
 from facekd.runtime import dist, tune_cpu, worker_init
+from facekd.teachers.cache_rows import WithTeacherRows
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,13 @@ class Trainer(ResumableState):
         self._tagged = _EpochTagged(batch_sampler)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         readable = ReplaceUnreadable(dataset, report=self.out_dir / "unreadable.txt")
+        cache = distiller.teacher_cache
+        self._collate = collate_batch if cache is None else WithTeacherRows(cache)
         self.loader = torch.utils.data.DataLoader(
             SeededItems(readable, settings.seed),
             batch_sampler=self._tagged,
             num_workers=num_workers,
-            collate_fn=collate_batch,
+            collate_fn=self._collate,
             persistent_workers=False,
             worker_init_fn=worker_init,  # one thread per decoding worker, no OpenCV pool
         )
@@ -214,7 +217,7 @@ class Trainer(ResumableState):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not self._prepared:  # a second fit() keeps optimizer, scheduler and adapters
             dataset = self.loader.dataset.dataset
-            self._prepare(collate_batch([dataset[i] for i in range(min(2, len(dataset)))]))
+            self._prepare(self._collate([dataset[i] for i in range(min(2, len(dataset)))]))
             # the dry run may draw random numbers (adapters); every method then starts its
             # first step from the same generator state
             seed_everything(self.settings.seed + dist.rank())

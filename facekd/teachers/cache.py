@@ -122,13 +122,26 @@ class TeacherCache:
             raise CacheMismatchError(_mismatch_message(self.root, stored, key, manifest))
         self.fields = tuple(self.meta["fields"])
         self.has_flip = bool(self.meta.get("flip", False))
-        self.arrays = {
-            name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in self.meta["arrays"]
-        }
+        self.arrays = self._open_arrays()
         self.count = int(self.meta["count"])
 
     def __len__(self) -> int:
         return self.count
+
+    def __getstate__(self) -> dict:
+        # pickled (DataLoader workers under spawn) as its folder: the memmaps are reopened,
+        # never serialised with their data
+        return {k: v for k, v in self.__dict__.items() if k != "arrays"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.arrays = self._open_arrays()
+
+    def _open_arrays(self) -> dict[str, np.ndarray]:
+        """The stored arrays, memory-mapped read-only."""
+        return {
+            name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in self.meta["arrays"]
+        }
 
     def lookup(
         self,
