@@ -31,9 +31,11 @@ def append_csv_row(path: str | Path, row: dict) -> list[str]:
             w.writeheader()
             w.writerow(row)
         return fields
-    fields, rows = _read(path)
+    with path.open(newline="") as f:
+        fields = next(csv.reader(f), [])  # the header only: the common case appends
     missing = [k for k in row if k not in fields]
     if missing:
+        fields, rows = _read(path)
         fields = fields + missing
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with tmp.open("w", newline="") as f:
