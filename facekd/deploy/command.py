@@ -1,10 +1,12 @@
 """``facekd quantize``: the arguments and the run behind the CLI's thin wrapper.
 
     facekd quantize student.onnx --calibration aligned/ --out student.int8.onnx \
-        [--method percentile|minmax|entropy] [--keep-float gdc first ...] [--bin lfw.bin ...]
+        [--method percentile|minmax|entropy] [--keep-float gdc first ...] [--bin lfw.bin ...] \
+        [--qat-steps 300 [--qat-lr 5e-5] [--qat-model student.pt]]
 
 Prints the held-back cosine to fp32, sizes, and per ``--bin`` the fp32 / int8 /
-fp32-gallery-int8-probe accuracy; everything also goes to ``<out>.json``. Bad input (not an
+fp32-gallery-int8-probe accuracy (and with ``--qat-steps`` the fine-tuning's simulated-int8
+cosine before and after); everything also goes to ``<out>.json``. Bad input (not an
 ONNX model, unreadable or empty calibration source) raises ``ValueError`` with the reason,
 which the CLI prints as a usage error.
 """
@@ -46,12 +48,22 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
         help="store the weights of --keep-float layers in fp32 (default: int8, weight-only)",
     )
     p.add_argument("--bin", action="append", default=[], help="verification .bin (repeatable)")
+    q = p.add_argument_group("quantisation-aware fine-tuning (facekd.deploy.qat)")
+    q.add_argument("--qat-steps", type=int, default=0, help="fine-tune first (default 0: off)")
+    q.add_argument("--qat-lr", type=float, default=5e-5, help="Adam lr (default 5e-5)")
+    q.add_argument("--qat-batch", type=int, default=32, help="faces per step (default 32)")
+    q.add_argument("--qat-faces", type=int, default=2048, help="training faces (default 2048)")
+    q.add_argument("--qat-model", help="torch source of the weights (default: MODEL, imported)")
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     from facekd.deploy.accuracy import summary_line
+    from facekd.deploy.qat import QatSettings
     from facekd.deploy.quantize import quantize_onnx
 
+    qat = None
+    if args.qat_steps:
+        qat = QatSettings(args.qat_steps, args.qat_lr, args.qat_batch, args.qat_faces, args.seed)
     if args.calibration_size < 1 or args.held_back < 1:
         raise ValueError("--calibration-size and --held-back must be >= 1")
     out = args.out or str(Path(args.model).with_suffix("")) + ".int8.onnx"
@@ -68,6 +80,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         rewrite=not args.no_prelu_rewrite,
         int8_kept_weights=not args.fp32_kept_weights,
         bins=tuple(args.bin),
+        qat=qat,
+        qat_model=args.qat_model,
     )
     cos, q = info["cosine_to_fp32_held_back"]["int8"], info["quantization"]
     print(
@@ -79,6 +93,12 @@ def run_quantize(args: argparse.Namespace) -> int:
         f"cosine to fp32 on {info['calibration']['held_back']} held-back faces: "
         f"mean {cos['mean']:.4f}, 1st percentile {cos['p1']:.4f}, min {cos['min']:.4f}"
     )
+    if q["qat"]:
+        print(
+            f"QAT: {q['qat']['settings']['steps']} steps on {len(q['qat']['ids'])} faces, "
+            f"simulated-int8 cosine {q['qat']['cosine_before']:.4f} -> "
+            f"{q['qat']['cosine_after']:.4f}"
+        )
     for name, acc in info["accuracy"].items():
         print(summary_line(name, acc))
     print(f"sidecar: {out}.json")

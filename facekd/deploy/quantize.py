@@ -52,6 +52,7 @@ from facekd.deploy.graph import (
     node_roles,
     rewrite_prelu,
 )
+from facekd.deploy.qat import QatSettings, qat_fp32_onnx
 
 METHODS = ("percentile", "minmax", "entropy")
 ROLES = ("first", "gdc", "fc", "embedding", "depthwise")
@@ -143,6 +144,8 @@ def quantize_onnx(
     rewrite: bool = True,
     int8_kept_weights: bool = True,
     bins: tuple = (),
+    qat: QatSettings | None = None,
+    qat_model=None,
     progress: bool = True,
 ) -> dict:
     """Quantise ``model`` (``.onnx``) on faces from ``calibration`` into ``out`` (docstring).
@@ -167,7 +170,13 @@ def quantize_onnx(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         prep, tmp = work / "prepared.onnx", work / out.name
-        counts = prepare(src, prep, rewrite)
+        base, qat_log = src, None
+        if qat is not None:
+            base = work / "qat_fp32.onnx"
+            qat_log = qat_fp32_onnx(qat_model or src, calibration, held_ids, base, qat, size=size,
+                                    keep_float=keep_float, method=method, percentile=percentile,
+                                    progress=progress)  # fmt: skip
+        counts = prepare(base, prep, rewrite)
         roles = node_roles(load_model(prep))
         exclude = sorted({n for r in (*keep_float, "prelu") for n in roles[r]})
         _calibrate(prep, tmp, cal, input_name, method, percentile, exclude, progress)
@@ -177,6 +186,8 @@ def quantize_onnx(
             "int8": _cosines(_raw(tmp, held), ref),
             "prepared_fp32": _cosines(_raw(prep, held), ref),
         }
+        if qat_log is not None:
+            parity["qat_fp32"] = _cosines(_raw(base, held), ref)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -188,6 +199,7 @@ def quantize_onnx(
         "float_nodes": [n for n in exclude if n not in roles["prelu"]],
         "float_nodes_with_int8_weights": weight_only,
         "prelu_rewrite": counts if rewrite else "off",
+        "qat": qat_log,
     }  # fmt: skip
     calib = {
         "source": str(Path(calibration).resolve()), "seed": seed, "faces": len(cal),
