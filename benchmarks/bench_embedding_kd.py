@@ -65,6 +65,8 @@ ROWS = {
     "scratch_b64_long": (0,),
     "kt_emb_adamw": (0, 1, 2),
     "scratch_b64": (0, 1, 2),
+    # one 4,000-step cosine schedule from the KT start (the deployable 56-px student)
+    "kt_emb_adamw_4000": (0,),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)
