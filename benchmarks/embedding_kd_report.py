@@ -43,6 +43,7 @@ LABELS = {
     "scratch_b64": "random start, ArcFace only, SGD, batch 64, 800 steps",
     "kt_emb_adamw_long": "KT start, embedding mimic x128 alone, AdamW, batch 64, 2,500 steps",
     "scratch_b64_long": "random start, ArcFace only, SGD, batch 64, 2,500 steps",
+    "kt_emb_adamw_4000": "KT start, embedding mimic x128 alone, AdamW, batch 64, 4,000 steps",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
