@@ -196,11 +196,14 @@ def cost(teacher, student, quick: bool) -> dict:
     return out
 
 
-def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, dict, dict]:
+def evaluate_all(
+    rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True
+) -> tuple[dict, dict, dict]:
     """``(per_model, decisions, pooled)``: ``per_model[name][set]`` = grid / exact accuracy,
     fold std, TAR@1e-3; ``decisions[name][set]`` = per-pair correctness (grid);
     ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces. ``seeds``: one
-    list for every row, or ``{row: seeds}``."""
+    list for every row, or ``{row: seeds}``. ``same_arch``: every student must be the teacher's
+    architecture at 56 px (Karlekar / embedding KD); False for other students (Luo's)."""
     from facekd.evaluation.verification import verify
     from facekd.models.checkpoints import load_backbone
 
@@ -214,7 +217,7 @@ def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, d
             models[f"{row}_seed{seed}"] = (load_backbone(path), LOW, path)
     shapes = {k: tuple(v.shape) for k, v in kt_init.state_dict().items()}
     for name, (model, _, path) in models.items():  # one architecture for every 56-px row
-        if path is not None:
+        if path is not None and same_arch:
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             assert got == shapes, f"{name} is not the teacher's architecture at 56 px"
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
@@ -240,6 +243,6 @@ def evaluate_all(rows, seeds, runs: Path, students: Path, sets) -> tuple[dict, d
                 "acc_exact": exact.accuracy,
                 "tar@1e-3": grid.tar_at_far.get(1e-3),
             }
-        if name != "teacher@112":
+        if name != "teacher@112" and (same_arch or path is None):  # same channels only
             pooled[name] = pooled_cosine(model, p_t, lfw)
     return per_model, decisions, pooled

@@ -45,7 +45,7 @@ def write_luo_report(
     names = [ps.name for ps in sets]
     seeds_of = {r: [s for s in seeds if (students / f"{r}_seed{s}.pt").exists()] for r in rows}
     seeds_of = {r: s for r, s in seeds_of.items() if s}
-    per_model, decisions, _ = evaluate_all(list(seeds_of), seeds_of, runs, students, sets)
+    per_model, decisions, _ = evaluate_all(list(seeds_of), seeds_of, runs, students, sets, False)
     lines = summarise(seeds_of, per_model, names, "", references=REFERENCES)
     tests = paired(seeds_of, decisions, names, "", comparisons=COMPARISONS)
     logs = {r: [log_summary(runs / f"{r}_seed{s}", keys=LOG_KEYS) for s in ss]
