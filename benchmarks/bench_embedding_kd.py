@@ -67,6 +67,8 @@ ROWS = {
     "scratch_b64": (0, 1, 2),
     # one 4,000-step cosine schedule from the KT start (the deployable 56-px student)
     "kt_emb_adamw_4000": (0,),
+    # kt_emb_adamw_long with function matching: a new view of every face, the teacher online
+    "kt_emb_fm": (0,),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)

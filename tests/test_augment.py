@@ -62,11 +62,25 @@ def test_jpeg_and_blur_change_only_the_student(face, option):
     np.testing.assert_array_equal(clean["teacher_image"], degraded["teacher_image"])
 
 
-@pytest.mark.parametrize("option", [{"photometric_p": 1.0}, {"occlusion_p": 1.0}])
-def test_photometric_and_occlusion_are_shared(face, option):
-    out = FaceAugment(flip_p=0.0, low_res_size=32, **option)(face, seed=2)
+@pytest.mark.parametrize(
+    "option", [{"photometric_p": 1.0}, {"occlusion_p": 1.0}, {"affine_p": 1.0}]
+)
+def test_photometric_occlusion_and_jitter_are_shared(face, option):
+    aug = FaceAugment(flip_p=0.0, low_res_size=32, **option)
+    out = aug(face, seed=2)
     assert not np.array_equal(out["teacher_image"], face)
     np.testing.assert_array_equal(out["image"], resize(out["teacher_image"], 32))
+    assert aug.teacher_view_random  # no cache may stand in: the teacher runs online
+
+
+def test_alignment_jitter_is_small(face):
+    # a shift of at most 4 % and 6 degrees keeps most of the face where alignment put it
+    aug = FaceAugment(flip_p=0.0, affine_p=1.0)
+    moved = [np.abs(aug(face, seed=s).astype(int) - face).mean() for s in range(10)]
+    assert 0 < max(moved) < np.abs(face.astype(int) - face.mean()).mean()  # < a flat image
+    assert len({round(m, 3) for m in moved}) > 5  # a new jitter per call
+    assert build_transform("consistent").teacher_view_random
+    assert not build_transform("flip").teacher_view_random
 
 
 def test_random_interpolation_varies_the_student(face):

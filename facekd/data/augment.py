@@ -9,9 +9,13 @@ Stages (albumentations 2.x transforms, resize through ``facekd.data.transforms.r
 
 1. *shared* — drawn once and applied to the face before the views split, so teacher and
    student see the same content: horizontal flip (p=0.5, the standard face-recognition
-   augmentation, e.g. insightface arcface_torch), optional photometric jitter (brightness /
+   augmentation, e.g. insightface arcface_torch), optional alignment jitter (a small random
+   affine: the landmark error a detector leaves), optional photometric jitter (brightness /
    contrast, hue / saturation / value, gamma) and optional occlusion (coarse dropout, i.e.
-   random erasing, Zhong et al., AAAI 2020, arXiv:1708.04896).
+   random erasing, Zhong et al., AAAI 2020, arXiv:1708.04896). Any of the three makes the
+   teacher's view random, so the teacher runs online on the very image the student sees
+   down-sampled: "function matching" (Beyer et al., "Knowledge distillation: A good teacher
+   is patient and consistent", CVPR 2022, arXiv:2106.05237).
 2. *student only* — low-resolution degradation (Karlekar et al., "Deep face recognition model
    compression via knowledge transfer and distillation", arXiv:1906.00619: the teacher sees
    the high-resolution face, the student the same face down-sampled): optional Gaussian blur
@@ -102,6 +106,9 @@ class FaceAugment:
 
     Args:
         flip_p: probability of a horizontal flip (shared by both views). Default 0.5.
+        affine_p: probability of the alignment jitter: scale 0.95-1.05, shift +-4 % of the
+            side, rotation +-6 degrees, borders filled black as alignment fills them.
+            Default 0 (off).
         photometric_p: probability of each photometric jitter (brightness/contrast +-0.2,
             hue +-10 / saturation +-20 / value +-10, gamma 80-120). Default 0 (off).
         occlusion_p: probability of coarse dropout (1-2 holes, each 10-30 % of the side,
@@ -131,6 +138,7 @@ class FaceAugment:
         self,
         *,
         flip_p: float = 0.5,
+        affine_p: float = 0.0,
         photometric_p: float = 0.0,
         occlusion_p: float = 0.0,
         low_res_size: int | None = None,
@@ -155,7 +163,19 @@ class FaceAugment:
         self.flip_p = _probability("flip_p", flip_p)
         self.photometric_p = photo_p
         self.occlusion_p = _probability("occlusion_p", occlusion_p)
+        self.affine_p = _probability("affine_p", affine_p)
         shared = []
+        if self.affine_p > 0:  # first: jitter the geometry, then the pixels
+            shared.append(
+                A.Affine(
+                    scale=(0.95, 1.05),
+                    translate_percent=(-0.04, 0.04),
+                    rotate=(-6, 6),
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=0,
+                    p=self.affine_p,
+                )
+            )
         if photo_p > 0:
             shared += [
                 A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=photo_p),
@@ -199,9 +219,10 @@ class FaceAugment:
     @property
     def teacher_view_random(self) -> bool:
         """Whether the teacher's view changes from call to call beyond the mirror image
-        (photometric jitter, occlusion): then no teacher cache can stand in for the teacher.
+        (alignment jitter, photometric jitter, occlusion): then no teacher cache can stand in
+        for the teacher.
         Blur, JPEG and down-sampling touch only the student view; the flip is cached."""
-        return self.photometric_p > 0 or self.occlusion_p > 0
+        return self.affine_p > 0 or self.photometric_p > 0 or self.occlusion_p > 0
 
     def __call__(self, image: np.ndarray, seed: int | None = None) -> np.ndarray | dict:
         """``(H, W, 3)`` uint8 RGB -> uint8 image, or ``{"image", "teacher_image"}`` (uint8).
@@ -257,6 +278,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "flip": {},
     "photometric": {"photometric_p": 0.5},
     "occlusion": {"occlusion_p": 0.3},
+    # function matching (Beyer et al. 2022): every face a new view, the teacher online
+    "consistent": {"affine_p": 0.8, "photometric_p": 0.5, "occlusion_p": 0.2},
     "low_res_56": {"low_res_size": 56},
     "low_res_32": {"low_res_size": 32},
     "low_res_mixed": {
