@@ -139,6 +139,37 @@ def verdict(t: dict) -> str:
     )
 
 
+def accuracy_table(lines, names, what: dict, schedule_of) -> list[str]:
+    """Markdown rows of the mean ± std accuracy table: ``what[row]`` describes the row,
+    ``schedule_of(row, seeds)`` gives its training schedule."""
+    md = [
+        "## Accuracy (%), mean ± std over seeds\n",
+        "| row | what | schedule | seeds | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for line in lines:
+        r = line["row"]
+        seeds = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
+        sched = schedule_of(r, line["seeds"]) if line["seeds"] else "-"
+        md.append(f"| {r} | {what[r]} | {sched} | {seeds} | "
+                  + " | ".join(_pm(line, n) for n in names) + " |")  # fmt: skip
+    return md
+
+
+def sign_test_table(tests) -> list[str]:
+    """Markdown of the paired tests (Δ per seed, sign test over pairs) and their verdicts."""
+    md = ["\n![accuracy](accuracy.png)\n\n## Paired tests on the per-pair decisions\n",
+          "| A vs B | set | Δ per seed (points) | sign test (A / B pairs, p) |",
+          "|---|---|---|---|"]  # fmt: skip
+    for t in tests:
+        st = t["sign_test"]
+        deltas = ", ".join(f"{v:+.2f}" for v in t["delta_points_per_seed"])
+        md.append(f"| {t['a']} vs {t['b']} | {t['set']} | {deltas} | "
+                  f"{st['a_better']} / {st['b_better']}, p = {st['p']:.2g} |")  # fmt: skip
+    md.append("\n" + "\n".join(f"- {verdict(t)}" for t in tests) + "\n")
+    return md
+
+
 def write_embedding_kd_report(
     rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
     prep_seconds: float, wall_start: float, train_cfg: dict,

@@ -13,9 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from embedding_kd_report import paired, schedule, summarise, verdict
+from embedding_kd_report import (
+    accuracy_table,
+    paired,
+    schedule,
+    sign_test_table,
+    summarise,
+    verdict,
+)
 from karlekar_eval import LOW, evaluate_all, log_summary
-from karlekar_report import _pm, plot_rows
+from karlekar_report import plot_rows
 
 #: (A, B): does A beat B? Same start and batches per seed
 COMPARISONS = (
@@ -62,25 +69,9 @@ def write_luo_report(
         f"cached 112-px teacher embeddings of every labelled photo; K = {k} of 128.",
         '- Verification: insightface protocol, grid thresholds (`verify(thresholds="grid")`), '
         "official folds; " + ", ".join(f"{ps.name} {len(ps)} pairs" for ps in sets) + ".\n",
-        "## Accuracy (%), mean ± std over seeds\n",
-        "| row | what | schedule | seeds | " + " | ".join(names) + " |",
-        "|---|---|---|---|" + "---|" * len(names),
     ]
-    for line in lines:
-        r = line["row"]
-        seeds_txt = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
-        sched = schedule(runs, r, line["seeds"]) if line["seeds"] else "-"
-        md.append(f"| {r} | {text[r]} | {sched} | {seeds_txt} | "
-                  + " | ".join(_pm(line, n) for n in names) + " |")  # fmt: skip
-    md.append("\n![accuracy](accuracy.png)\n\n## Paired tests on the per-pair decisions\n")
-    md.append("| A vs B | set | Δ per seed (points) | sign test (A / B pairs, p) |")
-    md.append("|---|---|---|---|")
-    for t in tests:
-        st = t["sign_test"]
-        deltas = ", ".join(f"{v:+.2f}" for v in t["delta_points_per_seed"])
-        md.append(f"| {t['a']} vs {t['b']} | {t['set']} | {deltas} | "
-                  f"{st['a_better']} / {st['b_better']}, p = {st['p']:.2g} |")  # fmt: skip
-    md.append("\n" + "\n".join(f"- {verdict(t)}" for t in tests) + "\n")
+    md += accuracy_table(lines, names, text, lambda r, ss: schedule(runs, r, ss))
+    md += sign_test_table(tests)
     md.append("## What the logs show (first → last logged steps, mean over seeds)\n")
     for r, ls in logs.items():
         first = np.mean([x["kd/neuron_selection_first"] for x in ls])
