@@ -165,6 +165,30 @@ def main(argv=None) -> int:
     return 0
 
 
+def ablation_args(argv, doc: str, known_rows, report: str):
+    """The command line shared by the ablation drivers on every training photo
+    (``bench_luo.py``, ``bench_triplet_ft.py``): ``(args, rows, seeds, work, out)``, or the exit
+    code when the rows are unknown (2) or the real data is absent (0, a clean skip)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--rows", default=",".join(known_rows), help="rows to train (report: all)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--steps", type=int, help="training steps per row (common.yaml)")
+    p.add_argument("--work", help="prepared data + runs (default outputs/real)")
+    p.add_argument("--out", help=f"report folder (default <results>/{report})")
+    p.add_argument("--no-report", action="store_true", help="train only")
+    args = p.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := sorted(set(rows) - set(known_rows)):
+        print(f"error: unknown row(s) {unknown}; valid: {', '.join(known_rows)}", file=sys.stderr)
+        return 2
+    if missing := real.missing_data() or (None if TIGHT.is_dir() else str(TIGHT)):
+        print(f"SKIP: real data not available ({missing}); nothing to benchmark.")
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    work = Path(args.work or ROOT / "outputs" / "real")
+    return args, rows, seeds, work, Path(args.out or RESULTS / report)
+
+
 def _unprefixed(row: str, seed: int, work: Path, quick: bool, steps: int | None) -> dict:
     """``train_rows`` saves ``students/<row>_seed<k>.pt``; the rows here go in as ``emb_<row>``
     so their files stay apart from Karlekar's, and their configs are ``<row>``'s."""

@@ -102,21 +102,33 @@ def run_model(name, fp32, torch_model, sets, args) -> dict:
     return row
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The calibration options shared by ``bench_int8.py`` and ``bench_qat.py``."""
     p.add_argument("--calibration", default=str(ROOT / "outputs" / "real" / "train_aligned"))
     p.add_argument("--calibration-size", type=int, default=256)
     p.add_argument("--held-back", type=int, default=128)
+
+
+def ready(args) -> bool:
+    """Whether the data is there (else a clean skip, said); creates the output folders."""
+    if not (DATA / "lfw-mini").exists() or not Path(args.calibration).exists():
+        print(f"SKIP: needs {DATA} and the aligned calibration folder {args.calibration}")
+        return False
+    OUT.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_calibration_args(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--max-seconds", type=float, default=40.0)
     p.add_argument("--models", nargs="+", default=["legacy_mobilefacenet", "espdl_mbf"])
     args = p.parse_args(argv)
-    if not (DATA / "lfw-mini").exists() or not Path(args.calibration).exists():
-        print(f"SKIP: needs {DATA} and the aligned calibration folder {args.calibration}")
+    if not ready(args):
         return 0
-    OUT.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     t0, sets = time.perf_counter(), pair_sets()
     res = {"command": "python benchmarks/bench_int8.py " + " ".join(argv or sys.argv[1:]),
            "threads": args.threads, "models": {}}  # fmt: skip

@@ -24,7 +24,6 @@ LFW-mini, CFP-FF and CFP-FP-mini, paired tests on the per-pair decisions. Studen
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -92,24 +91,10 @@ def ensure_selection(work: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default=",".join(ROWS), help="rows to train (report: all)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--steps", type=int, help="training steps per student (common.yaml)")
-    p.add_argument("--work", help="prepared data + runs (default outputs/real)")
-    p.add_argument("--out", help="report folder (default <results>/luo)")
-    p.add_argument("--no-report", action="store_true", help="train only")
-    args = p.parse_args(argv)
-    rows = [r for r in args.rows.split(",") if r]
-    if unknown := sorted(set(rows) - set(ROWS)):
-        print(f"error: unknown row(s) {unknown}; valid: {', '.join(ROWS)}", file=sys.stderr)
-        return 2
-    if missing := real.missing_data() or (None if ekd.TIGHT.is_dir() else str(ekd.TIGHT)):
-        print(f"SKIP: real data not available ({missing}); nothing to benchmark.")
-        return 0
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    work = Path(args.work or ROOT / "outputs" / "real")
-    out = Path(args.out or RESULTS / "luo")
+    parsed = ekd.ablation_args(argv, __doc__, ROWS, "luo")
+    if isinstance(parsed, int):
+        return parsed
+    args, rows, seeds, work, out = parsed
     students = runs_dir(work) / "students"
     students.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

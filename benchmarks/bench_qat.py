@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_int8 import DATA, OUT, RESULTS, ROOT, fp32_models, pair_sets
+from bench_int8 import OUT, RESULTS, add_calibration_args, fp32_models, pair_sets, ready
 
 KEEP = {"gdc": ("gdc",), "none": ()}
 
@@ -80,9 +80,7 @@ def table(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--calibration", default=str(ROOT / "outputs" / "real" / "train_aligned"))
-    p.add_argument("--calibration-size", type=int, default=256)
-    p.add_argument("--held-back", type=int, default=128)
+    add_calibration_args(p)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch", type=int, default=32)
@@ -90,11 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", nargs="+", choices=KEEP, default=list(KEEP))
     p.add_argument("--models", nargs="+", default=["legacy_mobilefacenet"])
     args = p.parse_args(argv)
-    if not (DATA / "lfw-mini").exists() or not Path(args.calibration).exists():
-        print(f"SKIP: needs {DATA} and the aligned calibration folder {args.calibration}")
+    if not ready(args):
         return 0
-    OUT.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     t0, sets = time.perf_counter(), pair_sets()
     res = {"command": "python benchmarks/bench_qat.py " + " ".join(argv or sys.argv[1:]),
            "settings": vars(args), "runs": {}}  # fmt: skip

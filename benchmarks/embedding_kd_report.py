@@ -28,6 +28,7 @@ COMPARISONS = (
     ("kt_emb128", "kt_emb16"),
     ("kt_emb_adamw", "scratch_b64"),
     ("kt_emb_adamw_long", "scratch_b64_long"),
+    ("kt_emb_fm", "kt_emb_adamw_long"),  # the same items in the same order, new views of them
 )
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
@@ -44,6 +45,7 @@ LABELS = {
     "kt_emb_adamw_long": "KT start, embedding mimic x128 alone, AdamW, batch 64, 2,500 steps",
     "scratch_b64_long": "random start, ArcFace only, SGD, batch 64, 2,500 steps",
     "kt_emb_adamw_4000": "KT start, embedding mimic x128 alone, AdamW, batch 64, 4,000 steps",
+    "kt_emb_fm": "kt_emb_adamw_long with function matching: new views, the teacher online",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
