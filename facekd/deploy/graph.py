@@ -119,19 +119,31 @@ def _is_depthwise(node, inits) -> bool:
     return group > 1 and w is not None and numpy_helper.to_array(w).shape[1] == 1
 
 
+def layer_roles(names, convs, depthwise) -> dict[str, list[str]]:
+    """The roles of a face network's layers, from ``names`` in forward order, the ``convs``
+    among them and the ``depthwise`` convolutions: ``first`` (first convolution), ``gdc`` (the
+    last one: the global depthwise layer of a MobileFaceNet), ``fc`` (everything after it),
+    ``embedding`` (``gdc`` + ``fc``), ``depthwise``. One definition for the ONNX graph
+    (``node_roles``) and the torch module tree (``qat.simulated_layers``), so the layers kept
+    in float while fine-tuning are the ones onnxruntime keeps in float."""
+    if not convs:
+        raise GraphError("the network has no convolution: no layer roles to assign")
+    last = names.index(convs[-1])
+    return {"first": [convs[0]], "gdc": [convs[-1]], "fc": list(names[last + 1 :]),
+            "embedding": list(names[last:]), "depthwise": list(depthwise)}  # fmt: skip
+
+
 def node_roles(model) -> dict[str, list[str]]:
     """``{"first", "gdc", "fc", "embedding", "depthwise", "prelu"}`` -> node names (docstring)."""
     inits = {t.name: t for t in model.graph.initializer}
     nodes = list(model.graph.node)
-    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    return {
-        "first": [nodes[convs[0]].name],
-        "gdc": [nodes[convs[-1]].name],
-        "fc": [n.name for n in nodes[convs[-1] + 1 :]],
-        "embedding": [n.name for n in nodes[convs[-1] :]],
-        "depthwise": [n.name for n in nodes if n.op_type == "Conv" and _is_depthwise(n, inits)],
-        "prelu": [n.name for n in nodes if n.name.startswith(REWRITE_PREFIX)],
-    }
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    roles = layer_roles(
+        [n.name for n in nodes], [n.name for n in convs],
+        [n.name for n in convs if _is_depthwise(n, inits)],
+    )  # fmt: skip
+    roles["prelu"] = [n.name for n in nodes if n.name.startswith(REWRITE_PREFIX)]
+    return roles
 
 
 def int8_stored_weights(model, node_names) -> list[str]:

@@ -63,16 +63,17 @@ class QatSettings:
 
 def simulated_layers(model: nn.Module, keep_float=("gdc",)) -> dict[str, bool]:
     """``{module name: quantise its activations too}`` for every ``Conv2d`` / ``Linear``, in
-    forward order; the roles are ``graph.node_roles``' (first / last convolution, the linear
-    layers after it, depthwise convolutions), read from the module tree."""
+    forward order; the roles are ``graph.layer_roles``' (as for the ONNX graph), read from the
+    module tree."""
+    from facekd.deploy.graph import GraphError, layer_roles
+
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     convs = [n for n in names if isinstance(model.get_submodule(n), nn.Conv2d)]
-    if not convs:
-        raise ValueError("quantisation-aware fine-tuning needs a model with convolutions")
-    after = names[names.index(convs[-1]) + 1 :]
     depthwise = [n for n in convs if _is_depthwise(model.get_submodule(n))]
-    roles = {"first": [convs[0]], "gdc": [convs[-1]], "fc": after,
-             "embedding": [convs[-1], *after], "depthwise": depthwise}  # fmt: skip
+    try:
+        roles = layer_roles(names, convs, depthwise)
+    except GraphError:
+        raise ValueError("quantisation-aware fine-tuning needs a model with convolutions") from None
     kept = {n for role in keep_float for n in roles[role]}
     return {n: n not in kept for n in names}
 
