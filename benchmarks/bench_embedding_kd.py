@@ -83,6 +83,13 @@ def row_config(row: str, seed: int, work: Path, quick: bool, steps: int | None) 
     return cfg
 
 
+def resolved_config(row: str, seed: int, work: Path, steps: int | None = None) -> dict:
+    """The row's config with every default filled in, as its run saves it (``config.yaml``)."""
+    from facekd.config import ExperimentConfig, from_dict, to_dict
+
+    return to_dict(from_dict(ExperimentConfig, row_config(row, seed, work, False, steps)))
+
+
 def prepare_all_photos(work: Path) -> Path:
     """``<work>/train_all``: CelebA-299's and CelebA-tight-1756's aligned crops side by side
     (hard links; the identity folders are CelebA identity numbers, disjoint between the two)."""
@@ -126,10 +133,12 @@ def main(argv=None) -> int:
     p.add_argument("--work", help="prepared data + runs (default outputs/real)")
     p.add_argument("--out", help="report folder (default <results>/embedding_kd)")
     p.add_argument("--no-report", action="store_true", help="train (and embed) only")
+    p.add_argument("--report-rows", help="rows the report covers (default: every row)")
     p.add_argument("--prepare-only", action="store_true", help="align + cache, then stop")
     args = p.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
-    if unknown := sorted(set(rows) - set(ROWS)):
+    reported = [r for r in (args.report_rows or ",".join(ROWS)).split(",") if r]
+    if unknown := sorted((set(rows) | set(reported)) - set(ROWS)):
         print(f"error: unknown row(s) {unknown}; valid: {', '.join(ROWS)}", file=sys.stderr)
         return 2
     if missing := real.missing_data() or (None if TIGHT.is_dir() else str(TIGHT)):
@@ -158,8 +167,10 @@ def main(argv=None) -> int:
     if args.no_report:
         return 0
     md = write_embedding_kd_report(
-        ROWS, work / "embedding_kd", students, PREFIX, sets, out, times, prep_seconds=t_prep,
-        wall_start=t0, train_cfg=row_config("scratch", 0, work, False, args.steps),
+        {r: ROWS[r] for r in reported}, work / "embedding_kd", students, PREFIX, sets, out,
+        times, prep_seconds=t_prep, wall_start=t0,
+        train_cfg=row_config(reported[0], 0, work, False, args.steps),
+        config_of=lambda row, seed: resolved_config(row, seed, work, args.steps),
     )  # fmt: skip
     print(md.read_text())
     return 0

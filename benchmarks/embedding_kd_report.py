@@ -60,12 +60,18 @@ def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
     return float(np.mean(np.sum(a * b, axis=1)))
 
 
-def schedule(runs: Path, row: str, seeds) -> str:
+def schedule(runs: Path, row: str, seeds, config_of=None) -> str:
     """``"sgd 0.01, 300 x 32"``: optimizer, base lr, steps x batch (+ ``bf16``) of a trained
-    row, read from its run's saved ``config.yaml``; ``-`` for the references."""
+    row, read from its run's saved ``config.yaml``, else (a student trained on another
+    machine, its run folder gone) from ``config_of(row, seed)``, the config that trains it;
+    ``-`` for the references."""
     if not seeds:
         return "-"
-    cfg = yaml.safe_load((runs / f"{row}_seed{seeds[0]}" / "config.yaml").read_text())
+    saved = runs / f"{row}_seed{seeds[0]}" / "config.yaml"
+    if saved.exists() or config_of is None:
+        cfg = yaml.safe_load(saved.read_text())
+    else:
+        cfg = config_of(row, seeds[0])
     tr, data = cfg["train"], cfg["data"]
     amp = f", {tr['amp']}" if tr.get("amp", "none") != "none" else ""
     return f"{tr['optimizer']} {tr['lr']:g}, {tr['steps']} x {data['batch_size']}{amp}"
@@ -174,8 +180,11 @@ def sign_test_table(tests) -> list[str]:
 
 def write_embedding_kd_report(
     rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
-    prep_seconds: float, wall_start: float, train_cfg: dict,
+    prep_seconds: float, wall_start: float, train_cfg: dict, config_of=None,
 ) -> Path:  # fmt: skip
+    """Report ``rows`` (``{row: seeds}``) on the students saved in ``students``; a row whose
+    files are missing is left out. ``config_of(row, seed)``: the config of a student whose run
+    folder (saved config, ``log.csv``) is not on this machine; such rows get no log line."""
     out.mkdir(parents=True, exist_ok=True)
     names = [ps.name for ps in sets]
     seeds_of = {
@@ -195,9 +204,10 @@ def write_embedding_kd_report(
     }
     cos |= {r: embedding_cosine(runs, r) for r in REFERENCES}
     keys = ("ce", "kd/embedding", "img_per_s")
-    logs = {
-        r: [log_summary(runs / f"{r}_seed{k}", keys=keys) for k in s] for r, s in seeds_of.items()
-    }
+    logged = {r: [k for k in s if (runs / f"{r}_seed{k}" / "log.csv").exists()]
+              for r, s in seeds_of.items()}  # fmt: skip
+    logs = {r: [log_summary(runs / f"{r}_seed{k}", keys=keys) for k in s]
+            for r, s in logged.items() if s}  # fmt: skip
     plot_rows(
         lines, names, out / "accuracy.png",
         f"Embedding distillation, legacy MobileFaceNet at {LOW} px: mean ± std over seeds",
@@ -211,12 +221,13 @@ def write_embedding_kd_report(
         "CelebA-tight-1756, facekd's MTCNN + ArcFace template; tight crops padded 40 %); every "
         f"student (unless its schedule column says otherwise) {tr['steps']} steps of batch "
         f"{data['batch_size']} ({tr['steps'] * data['batch_size'] / n_train:.2f} epochs), "
-        f"warm-up {tr['warmup_steps']}, cosine decay, SGD momentum 0.9, clip 5, ArcFace s = 32, "
-        "m = 0.3; base lr 0.01 after KT, 0.1 from scratch (METHODS 2.5). Seed k = one batch "
-        "order and flip sequence for every row of a schedule, and one start within each pair.",
+        f"warm-up {tr['warmup_steps']}, cosine decay, {tr['optimizer']}, clip 5, ArcFace "
+        "s = 32, m = 0.3 where used (METHODS 2.5). Seed k = one batch order and flip sequence "
+        "for every row of a schedule, and one start within each pair.",
         "- Embedding mimic: `1 - cos(e_s, e_t)` between the student's embedding of the 56-px "
-        "face and the 112-px teacher's (cached, both flip views). L2 on normalised embeddings "
-        "is the same loss at twice the weight (`|a - b|^2 = 2 - 2 cos` for unit vectors).",
+        "face and the 112-px teacher's (cached, both flip views; `kt_emb_fm`: the teacher run "
+        "online on the same augmented view). L2 on normalised embeddings is the same loss at "
+        "twice the weight (`|a - b|^2 = 2 - 2 cos` for unit vectors).",
         '- Verification: insightface protocol, grid thresholds (`verify(thresholds="grid")`), '
         "official folds; " + ", ".join(f"{ps.name} {len(ps)} pairs" for ps in sets) + ".",
         f"- Preparation {prep_seconds:.0f} s of this run; {platform.machine()}, shared machine.\n",
@@ -228,7 +239,7 @@ def write_embedding_kd_report(
         r = line["row"]
         seeds = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
         md.append(
-            f"| {r} | {LABELS[r]} | {schedule(runs, r, line['seeds'])} | {seeds} | "
+            f"| {r} | {LABELS[r]} | {schedule(runs, r, line['seeds'], config_of)} | {seeds} | "
             + " | ".join(_pm(line, n) for n in names)
             + f" | {cos[r]:.3f} |"
         )
@@ -262,6 +273,9 @@ def write_embedding_kd_report(
                          f"{last:.3f}")  # fmt: skip
         parts.append(f"{np.mean([x['img_per_s_last'] for x in ls]):.0f} training img/s")
         md.append(f"- **{r}**: " + "; ".join(parts) + ".")
+    if unlogged := [r for r in seeds_of if r not in logs]:
+        md.append(f"- No training log on this machine for {', '.join(unlogged)} (trained in an "
+                  "earlier session; the saved students are evaluated all the same).")  # fmt: skip
     secs = {k: v for k, v in times.items() if v is not None}
     wall = time.perf_counter() - wall_start
     md.append(

@@ -83,3 +83,14 @@ def test_schedule_column_reads_the_runs_saved_config(tmp_path):
     (run / "config.yaml").write_text(__import__("yaml").safe_dump(cfg))
     assert ekd.schedule(tmp_path, "kt_emb_adamw", [1, 2]) == "adamw 0.002, 800 x 64, bf16"
     assert ekd.schedule(tmp_path, "teacher@112", None) == "-"
+
+
+def test_schedule_of_a_student_trained_elsewhere_comes_from_its_config(tmp_path):
+    import bench_embedding_kd as bench
+
+    def config_of(row, seed):
+        return bench.resolved_config(row, seed, tmp_path)
+
+    # no run folder here (the student was trained on another machine): the row's own config
+    assert ekd.schedule(tmp_path, "kt_emb_fm", [0], config_of) == "adamw 0.002, 2500 x 64, bf16"
+    assert ekd.schedule(tmp_path, "scratch", [0], config_of) == "sgd 0.1, 300 x 32"
