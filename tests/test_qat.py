@@ -22,6 +22,8 @@ from facekd.deploy.qat import (  # noqa: E402
     SimulatedInt8,
     activation_ranges,
     finetune,
+    residual_blocks,
+    simulate_int8,
     simulated_layers,
     uint8_params,
 )
@@ -96,6 +98,36 @@ def test_roles_pick_the_layers_onnx_roles_pick():
     assert [n for n, a in default.items() if not a] == [convs[-1]]  # the GDC
     assert not simulated_layers(net, ("embedding",))[linear[0]]
     assert all(simulated_layers(net, ()).values())
+
+
+def test_residual_additions_land_on_the_uint8_grid_and_undo_restores_the_model():
+    from facekd.evaluation.embed import fold_batchnorm
+
+    net = fold_batchnorm(_tiny())
+    x = torch.randn(8, 3, SIZE, SIZE)
+    with torch.no_grad():
+        plain = net(x)
+    adds = residual_blocks(net)
+    assert adds and all(net.get_submodule(n).residual for n in adds)
+    ranges = activation_ranges(net, x, adds, "percentile")
+    undo, counts = simulate_int8(net, x, keep_float=())
+    assert counts["int8_residual_additions"] == len(adds)
+    seen = {}
+    hooks = [net.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in adds]  # fmt: skip
+    with torch.no_grad():
+        simulated = net(x)
+    for h in hooks:
+        h.remove()
+    for n in adds:  # every output is zero_point + an integer number of steps, within [0, 255]
+        scale, zp = ranges[n][1]
+        q = seen[n] / scale + zp
+        assert torch.allclose(q, q.round(), atol=1e-3) and q.min() >= -1e-3 and q.max() <= 255.001
+    assert not torch.allclose(simulated, plain, atol=1e-4)
+    undo()
+    assert not any(isinstance(m, SimulatedInt8) for m in net.modules())
+    with torch.no_grad():
+        assert torch.equal(net(x), plain)  # no hook left behind
 
 
 def test_finetune_raises_the_simulated_cosine_and_returns_a_plain_model():

@@ -18,8 +18,11 @@ What is simulated, per layer, is what ``quantize.py``'s QDQ recipe does to it:
   histogram), ``[lo, hi] = [max(-t, min x), min(t, max x)]``; ``minmax`` takes
   ``[min x, max x]``; ``entropy`` is simulated by ``percentile``. Then, as onnxruntime,
   ``lo <= 0 <= hi``, ``scale = (hi - lo) / 255`` and ``zero_point = round(-lo / scale)``.
-* ``keep_float`` layers (``quantize.ROLES``): weights only, they compute in float. PReLU and
-  the residual additions stay float (the additions are int8 in onnxruntime: not simulated).
+* Residual additions: onnxruntime's QDQ graph quantises every ``Add`` (``QLinearAdd``), so
+  the output of each block whose forward ends in one (a module flagged ``residual = True``:
+  MobileFaceNet's ``DepthWise``) is rounded to uint8 too, its range measured as above.
+* ``keep_float`` layers (``quantize.ROLES``): weights only, they compute in float. PReLU stays
+  float (``quantize`` excludes it, as onnxruntime would run it between dequantise/quantise).
 
 Rounding passes gradients straight through inside the range, zero outside (the straight-through
 estimator of Bengio et al. 2013, as ``torch.fake_quantize_*`` implement it).
@@ -165,6 +168,42 @@ def activation_ranges(model, x, names, method="percentile", percentile=99.99, ba
     return ranges
 
 
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the modules whose output is a residual addition (``residual = True``)."""
+    return [n for n, m in model.named_modules() if getattr(m, "residual", None) is True]
+
+
+def simulate_int8(model, x, keep_float=("gdc",), method="percentile", percentile=99.99):
+    """Make ``model`` (BatchNorm folded) compute as the int8 graph, in place: every
+    ``simulated_layers`` layer wrapped in ``SimulatedInt8`` and every residual block's output
+    fake-quantised, with ranges measured on ``x`` (module docstring). Returns ``undo()``,
+    which restores the plain layers and removes the hooks; and the count of each kind."""
+    layers = simulated_layers(model, keep_float)
+    rule = "minmax" if method == "minmax" else "percentile"
+    acts = [n for n, a in layers.items() if a]
+    adds = residual_blocks(model)
+    ranges = activation_ranges(model, x, acts + adds, rule, percentile)
+    for name, act in layers.items():
+        qin, qout = ranges[name] if act else (None, None)
+        _swap(model, name, SimulatedInt8(model.get_submodule(name), qin, qout))
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, i, o, q=ranges[n][1]: torch.fake_quantize_per_tensor_affine(o, *q, 0, 255)
+        )
+        for n in adds
+    ]
+
+    def undo() -> None:
+        for h in hooks:
+            h.remove()
+        for name in layers:
+            _swap(model, name, model.get_submodule(name).layer)
+
+    counts = {"simulated_layers": len(layers), "int8_activation_layers": len(acts),
+              "int8_residual_additions": len(adds)}  # fmt: skip
+    return undo, counts
+
+
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
@@ -201,19 +240,12 @@ def finetune(
     student = fold_batchnorm(copy.deepcopy(teacher))
     x = torch.from_numpy(to_input(faces))
     target = torch.stack([_embed(teacher, x), _embed(teacher, x.flip(3))])  # (2, N, D)
-    layers = simulated_layers(student, keep_float)
-    rule = "minmax" if method == "minmax" else "percentile"
-    acts = [n for n, a in layers.items() if a]
-    ranges = activation_ranges(student, x[:512], acts, rule, percentile)
-    for name, act in layers.items():
-        qin, qout = ranges[name] if act else (None, None)
-        _swap(student, name, SimulatedInt8(student.get_submodule(name), qin, qout))
+    undo, counts = simulate_int8(student, x[:512], keep_float, method, percentile)
     params = [p for p in student.parameters()]
     for p in params:
         p.requires_grad_(True)
     probe = slice(0, min(256, len(x)))
-    log = {"settings": asdict(settings), "simulated_layers": len(layers),
-           "int8_activation_layers": len(ranges), "loss": [],
+    log = {"settings": asdict(settings), **counts, "loss": [],
            "cosine_before": _cosine(student, x[probe], target[0, probe])}  # fmt: skip
     opt = torch.optim.Adam(params, lr=settings.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -234,8 +266,7 @@ def finetune(
         if step % 25 == 0 or step == settings.steps - 1:
             log["loss"].append([step, round(loss.item(), 6)])
     log["cosine_after"] = _cosine(student, x[probe], target[0, probe])
-    for name in layers:
-        _swap(student, name, student.get_submodule(name).layer)
+    undo()
     for p in params:
         p.requires_grad_(False)
     return student.eval(), log
