@@ -69,6 +69,11 @@ ROWS = {
     "kt_emb_adamw_4000": (0,),
     # kt_emb_adamw_long with function matching: a new view of every face, the teacher online
     "kt_emb_fm": (0,),
+    # Hinton soft targets (matched logit scales) from one teacher and from a teacher ensemble,
+    # one KT start for all three
+    "kt_hinton_legacy": (0,),
+    "kt_hinton_mbf": (0,),
+    "kt_hinton_ens": (0,),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)
@@ -114,6 +119,19 @@ def prepare_all_photos(work: Path) -> Path:
     return dst
 
 
+def save_kt_start(work: Path) -> Path:
+    """``<work>/kt_start56.pt``: the KT student (the teacher's weights at 56 px, FC resized),
+    the one start of the rows whose teacher is not the legacy model's alone (``kt_hinton_*``)."""
+    from karlekar_eval import reference_models
+
+    from facekd.models.checkpoints import save_backbone
+
+    path = work / "kt_start56.pt"
+    if not path.exists():  # float32: the very weights student.init=kt builds
+        save_backbone(reference_models()["kt_init"][0], path)
+    return path
+
+
 def build_cache(work: Path) -> None:
     """The 112-px teacher's embeddings of every photo, both flip views (one pass each)."""
     from facekd.config import ExperimentConfig, from_dict
@@ -150,6 +168,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     prepare_all_photos(work)
     build_cache(work)
+    save_kt_start(work)
     if args.prepare_only:
         return 0
     seeds_of = {r: ROWS[r] for r in rows}

@@ -64,7 +64,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def fill(value, **paths):
-    """Replace ``{work}`` / ``{teacher}`` in every string of a config."""
+    """Replace ``{work}`` / ``{teacher}`` / ``{data}`` in every string of a config."""
     if isinstance(value, dict):
         return {k: fill(v, **paths) for k, v in value.items()}
     if isinstance(value, list):
@@ -79,7 +79,7 @@ def method_config(
     ``--quick``); ``benchmarks/bench_karlekar.py`` passes its own folder."""
     common = yaml.safe_load((configs / "common.yaml").read_text())
     own = yaml.safe_load((configs / f"{method}.yaml").read_text()) or {}
-    cfg = fill(merge(common, own), work=str(work), teacher=str(TEACHER))
+    cfg = fill(merge(common, own), work=str(work), teacher=str(TEACHER), data=str(DATA))
     cfg["out_dir"] = str(work / "students" / method)
     if steps:
         cfg["train"]["steps"] = steps
