@@ -37,23 +37,17 @@ RECIPES = {
 
 
 def pair_sets():
-    """LFW-mini and CFP-FP-mini ``PairSet``s with their official folds."""
-    from facekd.data.pairlists import read_cfp_pairs, read_lfw_pairs
-    from facekd.data.verification import read_bin
+    """LFW-mini and CFP-FP-mini ``PairSet``s with their official folds (their ``.bin`` files
+    built first where missing: ``lfw_mini.load_lfw_mini``, ``bench_real_distill``)."""
+    import bench_real_distill as real
+    from lfw_mini import load_lfw_mini
 
-    sets = []
-    for raw, path in (
-        (read_lfw_pairs(DATA / "lfw-mini" / "pairs.txt", DATA / "lfw-mini" / "images"),
-         ROOT / "outputs" / "lfw_mini.bin"),
-        (read_cfp_pairs(DATA / "cfp-mini", "FP"), ROOT / "outputs" / "real" / "cfp_fp.bin"),
-    ):  # fmt: skip
-        raw = raw.fold_major()
-        ps = read_bin(path, "lfw_mini" if "lfw" in path.name else "cfp_fp_mini")
-        if len(ps) != len(raw) or (ps.issame != raw.issame).any():
-            raise SystemExit(f"{path} does not match its pair list; rebuild it")
-        ps.folds = raw.folds
-        sets.append(ps)
-    return sets
+    lfw, raw = load_lfw_mini(ROOT / "outputs" / "lfw_mini.bin", DATA / "lfw-mini", build=True)
+    lfw.folds = raw.folds
+    cfp = next(ps for ps in real.prepare_eval_sets(ROOT / "outputs" / "real", quick=False)
+               if ps.name == "cfp_fp")  # fmt: skip
+    cfp.name = "cfp_fp_mini"
+    return [lfw, cfp]
 
 
 def fp32_models() -> dict:
