@@ -290,6 +290,39 @@ def test_ensemble_config_with_fitted_member_heads_feeds_hinton(exported, tmp_pat
     assert torch.isfinite(terms["loss"]) and "kd/hinton" in terms
 
 
+def test_mean_over_unequal_embeddings_is_refused_before_any_head_is_fitted(exported, tmp_path):
+    _, ckpt, _ = exported
+    wide = tmp_path / "wide.pt"
+    save_backbone(_backbone(3, num_features=64), wide)
+    fitted = []
+    spec = from_dict(
+        ExperimentConfig,
+        {
+            "teacher": {
+                "ensemble": [
+                    {"model": str(ckpt), "head": "fit"},
+                    {"model": str(wide), "head": "fit"},
+                ]
+            }
+        },
+    ).teacher
+    from facekd.teachers import build_teacher
+
+    with pytest.raises(ValueError, match=r"equal embedding sizes, got \[32, 64\]; use"):
+        build_teacher(spec, head_for=lambda member, option: fitted.append(member))
+    assert fitted == []  # refused before the (costly) head fits
+    spec.combine = "concat"  # Hinton reads only the averaged probabilities: concat serves
+    heads = [build_head("arcface", num_classes=3, embedding_size=d).eval() for d in (32, 64)]
+
+    def head_for(member, option):
+        fitted.append(member)
+        return heads[len(fitted) - 1]
+
+    ens = build_teacher(spec, head_for=head_for)
+    out = ens.forward_features(_faces(2))
+    assert out.embedding.shape == (2, 96) and out.logits.shape == (2, 3)
+
+
 def test_teacher_config_errors(tmp_path, exported):
     _, ckpt, onnx_path = exported
     base = {"losses": [{"name": "embedding"}], "data": {"image_size": SIZE, "identities": 2}}

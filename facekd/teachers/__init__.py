@@ -18,7 +18,11 @@ the configured losses (e.g. FitNets with an ONNX teacher: no stage maps).
 from __future__ import annotations
 
 from facekd.models.onnx_runtime import OnnxTeacher, OnnxTeacherError
-from facekd.teachers.ensemble import TeacherEnsemble, average_probabilities_as_logits
+from facekd.teachers.ensemble import (
+    TeacherEnsemble,
+    average_probabilities_as_logits,
+    check_combinable,
+)
 from facekd.teachers.fitted_head import fit_teacher_head
 
 ALL_OUTPUTS = frozenset({"embedding", "pooled", "stages"})
@@ -84,6 +88,7 @@ def build_teacher(spec, head_for=None, T: float = 4.0):
         _member(m.model, m.onnx, m.kwargs, f"teacher.ensemble[{i}]")
         for i, m in enumerate(spec.ensemble)
     ]
+    check_combinable(members, spec.combine)  # before heads are fitted
     with_heads = [m.head is not None for m in spec.ensemble]
     if any(with_heads) and not all(with_heads):
         raise ValueError("teacher.ensemble: give a head to every member or to none")

@@ -46,6 +46,23 @@ def average_probabilities_as_logits(logits: list[torch.Tensor], T: float) -> tor
     return T * (torch.logsumexp(log_probs, dim=0) - math.log(len(logits)))
 
 
+@torch.no_grad()
+def check_combinable(members, combine: str) -> None:
+    """Refuse ``combine="mean"`` over members of different embedding sizes *before* anything
+    costly (fitting heads, caching): one probe face through each member."""
+    if combine != "mean":
+        return
+    sizes = {getattr(m, "input_size", None) for m in members} - {None}
+    side = sizes.pop() if len(sizes) == 1 else 112
+    x = torch.zeros(1, 3, side, side)
+    dims = [int(m.eval().forward_features(x).embedding.flatten(1).shape[1]) for m in members]
+    if len(set(dims)) > 1:
+        raise ValueError(
+            f"combine='mean' needs members with equal embedding sizes, got {dims}; use "
+            "combine='concat' (Hinton reads only the averaged probabilities, so either works)"
+        )
+
+
 class TeacherEnsemble(nn.Module):
     """See the module docstring.
 
