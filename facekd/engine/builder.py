@@ -158,7 +158,9 @@ def _fitted_teacher_head(cfg: ExperimentConfig, teacher, cache, dataset):
         from facekd.evaluation.embed import dataset_embeddings
 
         clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-        embeddings = torch.from_numpy(dataset_embeddings(teacher, clean))
+        embeddings = torch.from_numpy(
+            dataset_embeddings(teacher, clean, progress=cfg.train.progress)
+        )  # one pass per teacher (per ensemble member): minutes on a real data set
     else:
         raise ValueError("teacher.head: fit needs a teacher (or a teacher cache)")
     return fit_teacher_head(

@@ -361,13 +361,14 @@ def dataset_embeddings(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """``(N, D)`` float32 embeddings of a training data set's items as the teacher sees them
     (``forward_features(batch.teacher_view).embedding``: the data set's own transform, no
     flip-sum, not normalised): the path neuron selection and the fitted teacher head share.
     ``extract_embeddings`` is the one path for face images (evaluation, ``facekd embed``).
     ``device``: where to run; ``None`` leaves the model where it is (its parameters' device,
-    CPU for a parameter-free model such as an ONNX teacher)."""
+    CPU for a parameter-free model such as an ONNX teacher). ``progress``: a tqdm bar."""
     from facekd.data.batching import collate_batch
 
     if device is None:
@@ -379,6 +380,6 @@ def dataset_embeddings(
     )
     chunks = [
         model.forward_features(batch.to(device).teacher_view).embedding.float().cpu().numpy()
-        for batch in loader
+        for batch in tqdm(loader, desc="teacher embeddings", disable=not progress)
     ]
     return np.concatenate(chunks, axis=0)
