@@ -190,6 +190,7 @@ def main(argv=None) -> int:
         times, prep_seconds=t_prep, wall_start=t0,
         train_cfg=row_config(reported[0], 0, work, False, args.steps),
         config_of=lambda row, seed: resolved_config(row, seed, work, args.steps),
+        command=" ".join([".venv/bin/python benchmarks/bench_embedding_kd.py", *sys.argv[1:]]),
     )  # fmt: skip
     print(md.read_text())
     return 0

@@ -188,6 +188,7 @@ def sign_test_table(tests) -> list[str]:
 def write_embedding_kd_report(
     rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
     prep_seconds: float, wall_start: float, train_cfg: dict, config_of=None,
+    command: str = ".venv/bin/python benchmarks/bench_embedding_kd.py",
 ) -> Path:  # fmt: skip
     """Report ``rows`` (``{row: seeds}``) on the students saved in ``students``; a row whose
     files are missing is left out. ``config_of(row, seed)``: the config of a student whose run
@@ -287,8 +288,8 @@ def write_embedding_kd_report(
     wall = time.perf_counter() - wall_start
     md.append(
         "\nCost of the student: the 56-px row of `karlekar/report.md` (the same architecture: "
-        "0.113 GFLOPs against the teacher's 0.442). Command: `.venv/bin/python "
-        f"benchmarks/bench_embedding_kd.py`; this report took {wall / 60:.1f} min.\n"
+        f"0.113 GFLOPs against the teacher's 0.442). Command: `{command}`; this report took "
+        f"{wall / 60:.1f} min.\n"
     )
     path = out / "report.md"
     path.write_text("\n".join(md))
