@@ -33,6 +33,8 @@ COMPARISONS = (
     ("kt_hinton_ens", "kt_hinton_legacy"),
     ("kt_hinton_mbf", "kt_hinton_legacy"),
     ("kt_emb_adamw", "kt_hinton_legacy"),  # one teacher, its embedding or its soft targets
+    ("kt_emb_adamw_40", "scratch_b64_40"),
+    ("kt_emb_adamw_32", "scratch_b64_32"),
 )
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
@@ -53,8 +55,26 @@ LABELS = {
     "kt_hinton_legacy": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), legacy teacher, 800 steps",
     "kt_hinton_mbf": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf.onnx teacher, 800 steps",
     "kt_hinton_ens": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf + mfn + legacy ensemble",
+    "kt_emb_adamw_40": "kt_emb_adamw with the student fed 40-px faces",
+    "scratch_b64_40": "scratch_b64 at 40 px",
+    "kt_emb_adamw_32": "kt_emb_adamw with the student fed 32-px faces",
+    "scratch_b64_32": "scratch_b64 at 32 px",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
+
+
+def label(row: str) -> str:
+    """What a row is (``LABELS``); ``teacher@<side>`` for any side."""
+    if row not in LABELS and row.startswith("teacher@"):
+        return f"teacher fed the same {row.removeprefix('teacher@')}-px faces (no training)"
+    return LABELS[row]
+
+
+def student_side(path: Path) -> int:
+    """The input side a saved student was trained at (its checkpoint's ``input_size``)."""
+    from facekd.models.checkpoints import load_backbone
+
+    return int(load_backbone(path).input_size)
 
 
 def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
@@ -201,16 +221,20 @@ def write_embedding_kd_report(
     }
     seeds_of = {r: s for r, s in seeds_of.items() if s}
     trained = [prefix + r for r in seeds_of]
+    sides = sorted({student_side(students / f"{prefix}{r}_seed{s[0]}.pt")
+                    for r, s in seeds_of.items()} | {LOW}, reverse=True)  # fmt: skip
+    refs = ("teacher@112", *(f"teacher@{side}" for side in sides), "kt_init")
     per_model, decisions, _ = evaluate_all(
-        trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets
-    )
-    lines = summarise(seeds_of, per_model, names, prefix)
+        trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets,
+        low_sizes=sides,
+    )  # fmt: skip
+    lines = summarise(seeds_of, per_model, names, prefix, references=refs)
     tests = paired(seeds_of, decisions, names, prefix)
     cos = {
         r: float(np.mean([embedding_cosine(runs, f"{prefix}{r}_seed{k}") for k in s]))
         for r, s in seeds_of.items()
     }
-    cos |= {r: embedding_cosine(runs, r) for r in REFERENCES}
+    cos |= {r: embedding_cosine(runs, r) for r in refs}
     keys = ("ce", "kd/embedding", "img_per_s")
     logged = {r: [k for k in s if (runs / f"{r}_seed{k}" / "log.csv").exists()]
               for r, s in seeds_of.items()}  # fmt: skip
@@ -247,7 +271,7 @@ def write_embedding_kd_report(
         r = line["row"]
         seeds = ",".join(map(str, line["seeds"])) if line["seeds"] else "-"
         md.append(
-            f"| {r} | {LABELS[r]} | {schedule(runs, r, line['seeds'], config_of)} | {seeds} | "
+            f"| {r} | {label(r)} | {schedule(runs, r, line['seeds'], config_of)} | {seeds} | "
             + " | ".join(_pm(line, n) for n in names)
             + f" | {cos[r]:.3f} |"
         )

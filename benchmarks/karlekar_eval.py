@@ -79,8 +79,9 @@ def embed_sets(model, sets, degrade, path: Path, newer_than: Path | None = None)
     return out
 
 
-def reference_models() -> dict:
-    """``{name: (model, degrade_to)}`` of the rows that are evaluated, not trained."""
+def reference_models(low_sizes=(LOW,)) -> dict:
+    """``{name: (model, degrade_to)}`` of the rows that are evaluated, not trained: the teacher
+    at 112 px and fed each of ``low_sizes`` (``teacher@<side>``), and the 56-px KT start."""
     from bench_real_distill import TEACHER
 
     from facekd.models.checkpoints import load_backbone
@@ -88,11 +89,8 @@ def reference_models() -> dict:
 
     teacher = load_backbone(str(TEACHER))
     kt_init, _ = build_kt_student(teacher, LOW, fc="resize")
-    return {
-        "teacher@112": (teacher, None),
-        "teacher@56": (teacher, LOW),
-        "kt_init": (kt_init.eval(), LOW),
-    }
+    low = {f"teacher@{side}": (teacher, side) for side in sorted(set(low_sizes), reverse=True)}
+    return {"teacher@112": (teacher, None), **low, "kt_init": (kt_init.eval(), LOW)}
 
 
 def _faces(ps, n: int, size: int, degrade: int | None) -> torch.Tensor:
@@ -104,11 +102,11 @@ def _faces(ps, n: int, size: int, degrade: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pooled_cosine(model, p_t: torch.Tensor, ps, n: int = 256) -> float:
-    """Mean cosine between the model's pooled feature on the 56-px faces and ``p_t``, the
-    teacher's on the 112-px faces (``teacher_pooled``; LFW images): how close a student stays
-    to the teacher's features."""
-    p_s = model.eval().forward_features(_faces(ps, n, model.input_size, LOW)).pooled
+def pooled_cosine(model, p_t: torch.Tensor, ps, n: int = 256, degrade: int = LOW) -> float:
+    """Mean cosine between the model's pooled feature on the faces down-sampled to ``degrade``
+    px and ``p_t``, the teacher's on the 112-px faces (``teacher_pooled``; LFW images): how
+    close a student stays to the teacher's features."""
+    p_s = model.eval().forward_features(_faces(ps, n, model.input_size, degrade)).pooled
     return float(torch.nn.functional.cosine_similarity(p_s, p_t).mean())
 
 
@@ -197,29 +195,37 @@ def cost(teacher, student, quick: bool) -> dict:
 
 
 def evaluate_all(
-    rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True
+    rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True, low_sizes=(LOW,)
 ) -> tuple[dict, dict, dict]:
     """``(per_model, decisions, pooled)``: ``per_model[name][set]`` = grid / exact accuracy,
     fold std, TAR@1e-3; ``decisions[name][set]`` = per-pair correctness (grid);
     ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces. ``seeds``: one
     list for every row, or ``{row: seeds}``. ``same_arch``: every student must be the teacher's
-    architecture at 56 px (Karlekar / embedding KD); False for other students (Luo's)."""
+    architecture at its own input side (Karlekar / embedding KD: 56 px, or ``low_sizes``; each
+    is fed the faces down-sampled to that side); False for other students (Luo's, at 56 px).
+    ``low_sizes``: the sides at which the teacher is also evaluated (``reference_models``)."""
     from facekd.evaluation.verification import verify
     from facekd.models.checkpoints import load_backbone
+    from facekd.models.transfer import build_kt_student
 
-    refs = reference_models()
-    teacher, kt_init = refs["teacher@112"][0], refs["kt_init"][0]
+    refs = reference_models(low_sizes)
+    teacher = refs["teacher@112"][0]
     models = {name: (m, d, None) for name, (m, d) in refs.items()}
     seeds_of = seeds if isinstance(seeds, dict) else {row: seeds for row in rows}
     for row in rows:
         for seed in seeds_of[row]:
             path = students / f"{row}_seed{seed}.pt"
-            models[f"{row}_seed{seed}"] = (load_backbone(path), LOW, path)
-    shapes = {k: tuple(v.shape) for k, v in kt_init.state_dict().items()}
-    for name, (model, _, path) in models.items():  # one architecture for every 56-px row
+            model = load_backbone(path)
+            side = model.input_size if same_arch else LOW
+            models[f"{row}_seed{seed}"] = (model, side, path)
+    shapes = {}  # side -> the KT student's parameter shapes there
+    for name, (model, side, path) in models.items():  # the teacher's network at each side
         if path is not None and same_arch:
+            if side not in shapes:
+                kt = build_kt_student(teacher, side, fc="resize")[0]
+                shapes[side] = {k: tuple(v.shape) for k, v in kt.state_dict().items()}
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            assert got == shapes, f"{name} is not the teacher's architecture at 56 px"
+            assert got == shapes[side], f"{name} is not the teacher's architecture at {side} px"
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
     per_model, decisions, pooled = {}, {}, {}
     lfw = next(ps for ps in sets if ps.name == "lfw")
@@ -244,5 +250,5 @@ def evaluate_all(
                 "tar@1e-3": grid.tar_at_far.get(1e-3),
             }
         if name != "teacher@112" and (same_arch or path is None):  # same channels only
-            pooled[name] = pooled_cosine(model, p_t, lfw)
+            pooled[name] = pooled_cosine(model, p_t, lfw, degrade=degrade)
     return per_model, decisions, pooled
