@@ -74,11 +74,12 @@ ROWS = {
     "kt_hinton_legacy": (0,),
     "kt_hinton_mbf": (0,),
     "kt_hinton_ens": (0,),
-    # lower resolutions (Karlekar et al.: 56 and below): the 800-step pair at 40 and 32 px
+    # lower resolutions (Karlekar et al.: 56 and below): the 800-step pair at 40 px (1 seed)
+    # and 32 px (3 seeds)
     "kt_emb_adamw_40": (0,),
     "scratch_b64_40": (0,),
-    "kt_emb_adamw_32": (0,),
-    "scratch_b64_32": (0,),
+    "kt_emb_adamw_32": (0, 1, 2),
+    "scratch_b64_32": (0, 1, 2),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)
