@@ -70,13 +70,6 @@ def label(row: str) -> str:
     return LABELS[row]
 
 
-def student_side(path: Path) -> int:
-    """The input side a saved student was trained at (its checkpoint's ``input_size``)."""
-    from facekd.models.checkpoints import load_backbone
-
-    return int(load_backbone(path).input_size)
-
-
 def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
     """Mean cosine between a model's embeddings of a set's faces and the 112-px teacher's
     (both cached by ``embed_sets``): how closely the student reproduces the teacher."""
@@ -221,13 +214,10 @@ def write_embedding_kd_report(
     }
     seeds_of = {r: s for r, s in seeds_of.items() if s}
     trained = [prefix + r for r in seeds_of]
-    sides = sorted({student_side(students / f"{prefix}{r}_seed{s[0]}.pt")
-                    for r, s in seeds_of.items()} | {LOW}, reverse=True)  # fmt: skip
-    refs = ("teacher@112", *(f"teacher@{side}" for side in sides), "kt_init")
     per_model, decisions, _ = evaluate_all(
-        trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets,
-        low_sizes=sides,
-    )  # fmt: skip
+        trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets
+    )
+    refs = tuple(k for k in per_model if k.startswith("teacher@") or k == "kt_init")
     lines = summarise(seeds_of, per_model, names, prefix, references=refs)
     tests = paired(seeds_of, decisions, names, prefix)
     cos = {

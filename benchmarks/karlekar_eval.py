@@ -195,29 +195,30 @@ def cost(teacher, student, quick: bool) -> dict:
 
 
 def evaluate_all(
-    rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True, low_sizes=(LOW,)
+    rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True
 ) -> tuple[dict, dict, dict]:
     """``(per_model, decisions, pooled)``: ``per_model[name][set]`` = grid / exact accuracy,
     fold std, TAR@1e-3; ``decisions[name][set]`` = per-pair correctness (grid);
     ``pooled[name]`` = pooled-feature cosine to the 112-px teacher on LFW faces. ``seeds``: one
     list for every row, or ``{row: seeds}``. ``same_arch``: every student must be the teacher's
-    architecture at its own input side (Karlekar / embedding KD: 56 px, or ``low_sizes``; each
-    is fed the faces down-sampled to that side); False for other students (Luo's, at 56 px).
-    ``low_sizes``: the sides at which the teacher is also evaluated (``reference_models``)."""
+    architecture at its own input side (Karlekar / embedding KD: 56 px, or lower; each is fed
+    the faces down-sampled to that side, and the teacher is also evaluated at every such side:
+    ``teacher@<side>``); False for other students (Luo's, at 56 px). ``per_model`` lists the
+    references first (``reference_models``), then the students."""
     from facekd.evaluation.verification import verify
     from facekd.models.checkpoints import load_backbone
     from facekd.models.transfer import build_kt_student
 
-    refs = reference_models(low_sizes)
-    teacher = refs["teacher@112"][0]
-    models = {name: (m, d, None) for name, (m, d) in refs.items()}
+    trained = {}
     seeds_of = seeds if isinstance(seeds, dict) else {row: seeds for row in rows}
     for row in rows:
         for seed in seeds_of[row]:
             path = students / f"{row}_seed{seed}.pt"
             model = load_backbone(path)
-            side = model.input_size if same_arch else LOW
-            models[f"{row}_seed{seed}"] = (model, side, path)
+            trained[f"{row}_seed{seed}"] = (model, model.input_size if same_arch else LOW, path)
+    refs = reference_models({LOW} | {side for _, side, _ in trained.values()})
+    teacher = refs["teacher@112"][0]
+    models = {name: (m, d, None) for name, (m, d) in refs.items()} | trained
     shapes = {}  # side -> the KT student's parameter shapes there
     for name, (model, side, path) in models.items():  # the teacher's network at each side
         if path is not None and same_arch:
