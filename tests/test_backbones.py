@@ -117,3 +117,19 @@ def test_unknown_name_lists_valid_names():
         build_backbone("resnet9000")
     with pytest.raises(TypeError, match="mbf"):
         build_backbone("mbf", colour="blue")
+
+
+def test_mobilefacenet_relu_variant_has_no_slopes_and_refuses_unknown_activations():
+    prelu = build_backbone("mobilefacenet", width=0.25, input_size=56)
+    relu = build_backbone("mobilefacenet", width=0.25, input_size=56, activation="relu")
+    mods = list(relu.modules())
+    assert not any(isinstance(m, torch.nn.PReLU) for m in mods)
+    n_prelu = sum(isinstance(m, torch.nn.PReLU) for m in prelu.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in mods) == n_prelu == 33
+    slopes = set(prelu.state_dict()) - set(relu.state_dict())
+    assert len(slopes) == 33 and set(relu.state_dict()) < set(prelu.state_dict())
+    relu.eval()
+    out = relu(torch.randn(2, 3, 56, 56))
+    assert out.shape == (2, 128) and relu.arch_kwargs["activation"] == "relu"
+    with pytest.raises(ValueError, match="activation must be one of"):
+        build_backbone("mobilefacenet", activation="gelu")

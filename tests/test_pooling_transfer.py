@@ -241,3 +241,26 @@ def test_kt_student_file_loads_as_experiment_student(tmp_path):
     loaded = load_backbone(path, input_size=56)
     assert loaded.input_size == 56 and loaded.head == "gap"
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_kt_prelu_teacher_to_relu_student_copies_the_rest_and_is_exact_at_zero_slopes():
+    """The quantisation-friendly start: a ReLU student of a PReLU teacher (issue 18)."""
+    teacher = _teacher("mobilefacenet")
+    student, report = build_kt_student(teacher, input_size=112, activation="relu")
+    slopes = sorted(set(teacher.state_dict()) - set(student.state_dict()))
+    assert sorted(report.dropped) == slopes and len(slopes) == 33
+    assert sorted(report.copied) == sorted(student.state_dict()) and "PReLU" in str(report)
+    x = _faces(3, 112)
+    student.eval()
+
+    def unit(model):  # fresh nets give ~1e-5 embeddings: compare directions, not atol
+        return torch.nn.functional.normalize(model(x), dim=1)
+
+    with torch.no_grad():
+        assert (unit(student) * unit(teacher)).sum(1).max() < 0.99  # slopes 0.25 matter
+        for m in teacher.modules():  # PReLU with a = 0 is ReLU: then the two nets agree
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.zero_()
+        torch.testing.assert_close(unit(student), unit(teacher), rtol=0, atol=1e-5)
+    with pytest.raises(TransferError, match="student keys missing in the teacher"):  # no slopes
+        knowledge_transfer(build_backbone("mobilefacenet", width=0.25), student)

@@ -28,6 +28,13 @@ Two variants seen in released ONNX files (``facekd.models.onnx_import`` recognis
 depthwise, 128) and ``head="fc"`` (Espressif's ``mbf``): ``features.conv`` 1x1 ConvBlock to
 ``head_channels`` (64), flatten, ``features.fc`` Linear(``head_channels * s * s``, D, no bias),
 ``features.bn`` BatchNorm1d: 1.6M of its 3.4M parameters, sized for the input resolution.
+
+``activation="relu"`` (OURS) swaps every PReLU for a parameter-free ReLU, the same module
+paths less the slope tensors: the quantisation-friendly variant. onnxruntime fuses
+``Conv -> Relu`` into one int8 ``QLinearConv``, while each PReLU stays a float operator (or,
+rewritten exactly, three extra ones) between dequantise / quantise pairs (issue 18,
+``benchmarks/bench_int8.py``). A ReLU student starts from a PReLU teacher by
+``facekd.models.transfer.knowledge_transfer`` (every other tensor copied).
 """
 
 from __future__ import annotations
@@ -125,7 +132,17 @@ class FCHead(nn.Module):
         return self.bn(self.fc(self.flatten(self.conv(x))))  # (B, C*s*s) -> (B, D)
 
 
+def _swap_prelu(module: nn.Module) -> None:
+    """Replace every ``nn.PReLU`` under ``module`` by ``nn.ReLU`` at the same path."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.PReLU):
+            setattr(module, name, nn.ReLU())
+        else:
+            _swap_prelu(child)
+
+
 HEADS = ("gdc", "fc")
+ACTIVATIONS = ("prelu", "relu")
 
 
 class MobileFaceNet(FaceBackbone):
@@ -142,6 +159,8 @@ class MobileFaceNet(FaceBackbone):
             default ``gcd(64s, 64)`` as insightface.
         head: ``"gdc"`` (default, arcface_torch) or ``"fc"`` (module docstring).
         head_channels: the ``"fc"`` head's 1x1 reduction width.
+        activation: ``"prelu"`` (default, the paper and insightface) or ``"relu"`` (module
+            docstring).
     """
 
     def __init__(
@@ -154,10 +173,15 @@ class MobileFaceNet(FaceBackbone):
         stem_groups: int | None = None,
         head: str = "gdc",
         head_channels: int = 64,
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"MobileFaceNet head must be one of {HEADS}, got {head!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"MobileFaceNet activation must be one of {ACTIVATIONS}, got {activation!r}"
+            )
         if len(blocks) != 4 or any(b < 1 for b in blocks):
             raise ValueError(f"MobileFaceNet blocks must be four positive counts, got {blocks!r}")
         if scale < 1 or width <= 0:
@@ -193,6 +217,8 @@ class MobileFaceNet(FaceBackbone):
             self.features: nn.Module = GDC(c512, side, num_features)
         else:
             self.features = FCHead(c512, head_channels, side, num_features)
+        if activation == "relu":
+            _swap_prelu(self)
         self._init_weights()
 
     def _init_weights(self) -> None:

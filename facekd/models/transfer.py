@@ -27,6 +27,11 @@ spatially constant map, is preserved: exactly when one side divides the other ev
 uses overlapping bins). Every other tensor (biases, embedding BatchNorm1d and its running
 statistics, GDC BatchNorm and Linear) is copied.
 
+A MobileFaceNet student with ``activation="relu"`` from a PReLU teacher (the
+quantisation-friendly variant, issue 18) is the same architecture less the PReLU slopes: every
+other tensor is copied and the slopes are reported as ``dropped``. The start is then the
+teacher with each ``max(0, x) + a * min(0, x)`` cut to ``max(0, x)``; exact where ``a = 0``.
+
 Cross-architecture KT (iResNet-100 -> MobileFaceNet, or a different depth / width / embedding
 size) is impossible and raises ``TransferError`` listing the mismatched keys; METHODS §2.4:
 "KT" then means initialising the student from the *same* architecture trained at 112 px.
@@ -75,12 +80,24 @@ class TransferReport:
     copied: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
+    #: teacher PReLU slopes with no place in a ReLU student
+    dropped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
+        dropped = f"; dropped {len(self.dropped)} PReLU slopes (ReLU student)" * bool(self.dropped)
         return (
             f"KT: copied {len(self.copied)} tensors bit-exactly; resized {self.resized or '-'}; "
-            f"re-initialised {self.reinitialised or '-'}"
+            f"re-initialised {self.reinitialised or '-'}{dropped}"
         )
+
+
+def _prelu_to_relu(student: nn.Module, teacher: nn.Module, key: str) -> bool:
+    """Whether teacher ``key`` is a PReLU slope whose module is a ReLU in the student."""
+    path, _, leaf = key.rpartition(".")
+    if leaf != "weight":
+        return False
+    modules_s, modules_t = dict(student.named_modules()), dict(teacher.named_modules())
+    return isinstance(modules_t.get(path), nn.PReLU) and isinstance(modules_s.get(path), nn.ReLU)
 
 
 def resample_spatial(weight: Tensor, size: int) -> Tensor:
@@ -165,6 +182,8 @@ def knowledge_transfer(
     s_sd, t_sd = student.state_dict(), teacher.state_dict()
     missing = [k for k in s_sd if k not in t_sd]
     unexpected = [k for k in t_sd if k not in s_sd]
+    dropped = [k for k in unexpected if _prelu_to_relu(student, teacher, k)]
+    unexpected = [k for k in unexpected if k not in dropped]
     wrong = [
         f"{k}: teacher {tuple(t_sd[k].shape)} vs student {tuple(v.shape)}"
         for k, v in s_sd.items()
@@ -189,7 +208,7 @@ def knowledge_transfer(
     if key is None or missing or unexpected or wrong:
         raise _mismatch_error(student, teacher, missing, unexpected, wrong)
 
-    report = TransferReport()
+    report = TransferReport(dropped=dropped)
     new_sd = dict(s_sd)
     if s_sd[key].shape != t_sd[key].shape:
         if fc == "reinit":
