@@ -69,6 +69,8 @@ ROWS = {
     "kt_emb_adamw_4000": (0,),
     # kt_emb_adamw_long with function matching: a new view of every face, the teacher online
     "kt_emb_fm": (0,),
+    # kt_emb_adamw_long plus Karlekar's pooled-feature transfer (the 512-d pooling layer)
+    "kt_pooled_emb_long": (0,),
     # Hinton soft targets (matched logit scales) from one teacher and from a teacher ensemble,
     # one KT start for all three
     "kt_hinton_legacy": (0,),

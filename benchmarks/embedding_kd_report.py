@@ -29,6 +29,7 @@ COMPARISONS = (
     ("kt_emb_adamw", "scratch_b64"),
     ("kt_emb_adamw_long", "scratch_b64_long"),
     ("kt_emb_fm", "kt_emb_adamw_long"),  # the same items in the same order, new views of them
+    ("kt_pooled_emb_long", "kt_emb_adamw_long"),  # + the pooled feature, same batches
     ("kt_hinton_ens", "kt_hinton_mbf"),  # an ensemble against each of two single teachers
     ("kt_hinton_ens", "kt_hinton_legacy"),
     ("kt_hinton_mbf", "kt_hinton_legacy"),
@@ -52,6 +53,7 @@ LABELS = {
     "scratch_b64_long": "random start, ArcFace only, SGD, batch 64, 2,500 steps",
     "kt_emb_adamw_4000": "KT start, embedding mimic x128 alone, AdamW, batch 64, 4,000 steps",
     "kt_emb_fm": "kt_emb_adamw_long with function matching: new views, the teacher online",
+    "kt_pooled_emb_long": "kt_emb_adamw_long + pooled-feature transfer x64 (Karlekar KT+KD)",
     "kt_hinton_legacy": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), legacy teacher, 800 steps",
     "kt_hinton_mbf": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf.onnx teacher, 800 steps",
     "kt_hinton_ens": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf + mfn + legacy ensemble",
