@@ -11,8 +11,9 @@ labels, AdamW, 1,200 x 64, bf16).
 
 Then both networks go through the same int8 recipe (``facekd.deploy.quantize_onnx``: QDQ,
 per-channel int8 weights, uint8 activations, percentile 99.99; the legacy model with facekd's
-exact PReLU rewrite) with the GDC layer in float (``gdc``, the default) and with every layer
-int8 (``none``). Reported side by side from one run: LFW-mini and CFP-FP-mini accuracy (fp32,
+exact PReLU rewrite) with the GDC layer in float (``gdc``), with the GDC and the 1x1
+convolution whose output it pools in float (``gdc+conv_sep``), and with every layer int8
+(``none``). Reported side by side from one run: LFW-mini and CFP-FP-mini accuracy (fp32,
 int8, fp32-gallery / int8-probe; 2 official folds, flip-sum, insightface grid), held-back
 cosine of int8 to its own fp32 file, file sizes, and onnxruntime latency at batch 1 and 64 for
 every file, interleaved in one timing run (the machine is shared: compare the ratios). The
@@ -22,7 +23,7 @@ a user replacing the shipped model gains.
 Resumable (the student, its ONNX and each int8 file are kept). Exits 0 with a message when
 ``../shared/data`` or the aligned training photos (``bench_embedding_kd.py --prepare-only``)
 are absent. Writes ``benchmarks/results/int8/relu_student.{md,json}`` and saves the student as
-``benchmarks/results/int8/students/emb_relu_kt_emb_112_seed0.pt`` (float16, 2.1 MB).
+``benchmarks/results/int8/students/relu_kt_emb_112_seed0.pt`` (float16, 2.1 MB).
 
     .venv/bin/python benchmarks/bench_relu_student.py [--steps N] [--threads 2]
 """
@@ -41,7 +42,9 @@ from bench_int8 import OUT, RESULTS, fp32_models, pair_sets  # noqa: E402
 
 ROW = "relu_kt_emb_112"
 STUDENTS = RESULTS / "students"
-KEEP = {"gdc": ("gdc",), "none": ()}
+#: the layers kept in float -> their roles (``facekd.deploy.graph``)
+KEEP = {"gdc": ("gdc",), "gdc+conv_sep": ("gdc", "conv_sep"), "none": ()}
+FLOAT_PART = {"gdc": "all but GDC", "gdc+conv_sep": "all but conv_sep + GDC", "none": "all"}
 
 
 def train_student(work: Path, steps: int | None) -> Path:
@@ -82,7 +85,7 @@ def table(res: dict) -> str:
                      for k in ("fp32", "int8", "fp32_gallery_int8_probe")}  # fmt: skip
                 accs.append(f"{a['fp32']:.2f} -> {a['int8']:.2f} "
                             f"({a['fp32_gallery_int8_probe']:.2f})")  # fmt: skip
-            float_part = "all but GDC" if keep == "gdc" else "all"
+            float_part = FLOAT_PART.get(keep, keep)
             lines.append(
                 f"| {name} | {float_part} | {row['fp32_bytes'] / 1e6:.2f} -> "
                 f"{q['bytes'] / 1e6:.2f} ({row['fp32_bytes'] / q['bytes']:.2f}x) "

@@ -97,6 +97,8 @@ def test_roles_pick_the_layers_onnx_roles_pick():
     default = simulated_layers(net)
     assert [n for n, a in default.items() if not a] == [convs[-1]]  # the GDC
     assert not simulated_layers(net, ("embedding",))[linear[0]]
+    sep = simulated_layers(net, ("gdc", "conv_sep"))
+    assert [n for n, a in sep.items() if not a] == convs[-2:]
     assert all(simulated_layers(net, ()).values())
 
 

@@ -116,6 +116,7 @@ def test_node_roles(tmp_path):
     assert roles["first"] == ["conv1"] and roles["gdc"] == ["gdc"]
     assert roles["fc"] == ["flatten", "fc"] and roles["embedding"] == ["gdc", "flatten", "fc"]
     assert roles["depthwise"] == ["dw", "gdc"]
+    assert roles["conv_sep"] == ["dw"]  # the convolution whose output the GDC pools
     assert len(roles["prelu"]) == 5  # 3 (min/mul/add) + 2 (mul/max)
 
 

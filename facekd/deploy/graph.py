@@ -16,7 +16,9 @@ so the int8 speed-up is never credited with it).
 
 Roles (``node_roles``): ``first`` = the first ``Conv`` (it sees the image); ``gdc`` = the last
 ``Conv`` (the global depthwise layer of MobileFaceNets); ``fc`` = every node after it (flatten,
-fully connected, BatchNorm); ``embedding`` = ``gdc`` + ``fc``; ``depthwise`` = grouped ``Conv``
+fully connected, BatchNorm); ``embedding`` = ``gdc`` + ``fc``; ``conv_sep`` = the ``Conv``
+before ``gdc`` (MobileFaceNet's 1x1 expansion to 512 channels, whose output the GDC pools);
+``depthwise`` = grouped ``Conv``
 with one input channel per group; ``prelu`` = the rewrite's nodes (always float: no int8
 kernel would run them).
 """
@@ -123,18 +125,21 @@ def layer_roles(names, convs, depthwise) -> dict[str, list[str]]:
     """The roles of a face network's layers, from ``names`` in forward order, the ``convs``
     among them and the ``depthwise`` convolutions: ``first`` (first convolution), ``gdc`` (the
     last one: the global depthwise layer of a MobileFaceNet), ``fc`` (everything after it),
-    ``embedding`` (``gdc`` + ``fc``), ``depthwise``. One definition for the ONNX graph
+    ``embedding`` (``gdc`` + ``fc``), ``conv_sep`` (the convolution before ``gdc``),
+    ``depthwise``. One definition for the ONNX graph
     (``node_roles``) and the torch module tree (``qat.simulated_layers``), so the layers kept
     in float while fine-tuning are the ones onnxruntime keeps in float."""
     if not convs:
         raise GraphError("the network has no convolution: no layer roles to assign")
     last = names.index(convs[-1])
     return {"first": [convs[0]], "gdc": [convs[-1]], "fc": list(names[last + 1 :]),
-            "embedding": list(names[last:]), "depthwise": list(depthwise)}  # fmt: skip
+            "embedding": list(names[last:]), "conv_sep": list(convs[-2:-1]),
+            "depthwise": list(depthwise)}  # fmt: skip
 
 
 def node_roles(model) -> dict[str, list[str]]:
-    """``{"first", "gdc", "fc", "embedding", "depthwise", "prelu"}`` -> node names (docstring)."""
+    """``{"first", "gdc", "fc", "embedding", "conv_sep", "depthwise", "prelu"}`` -> node names
+    (module docstring)."""
     inits = {t.name: t for t in model.graph.initializer}
     nodes = list(model.graph.node)
     convs = [n for n in nodes if n.op_type == "Conv"]

@@ -55,7 +55,7 @@ from facekd.deploy.graph import (
 from facekd.deploy.qat import QatSettings, qat_fp32_onnx
 
 METHODS = ("percentile", "minmax", "entropy")
-ROLES = ("first", "gdc", "fc", "embedding", "depthwise")
+ROLES = ("first", "gdc", "fc", "embedding", "conv_sep", "depthwise")
 SIDECAR_FORMAT = "facekd.int8/1"
 
 
