@@ -5,7 +5,9 @@ shipped), then ``facekd.deploy.quantize_onnx`` in two recipes:
 
 * ``naive``: minmax calibration, onnxruntime's PRelu kept, every layer int8 (the issue's
   starting point, activations uint8 as in facekd's recipe);
-* ``facekd``: the default recipe (exact PReLU rewrite, percentile 99.99, GDC float).
+* ``facekd``: the default recipe of the committed report's run (exact PReLU rewrite,
+  percentile 99.99, GDC float). The default now also keeps conv_sep, the GDC's input, in
+  float (``graph.DEFAULT_KEEP_FLOAT``): ``bench_relu_student.py`` measures both side by side.
 
 Calibration faces come from CelebA-299 aligned crops (identities disjoint from LFW / CFP),
 ``outputs/real/train_aligned`` (made by ``bench_real_distill.py``). Accuracy: LFW-mini and

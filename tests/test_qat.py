@@ -94,11 +94,10 @@ def test_roles_pick_the_layers_onnx_roles_pick():
     net = _tiny()
     convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     linear = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    default = simulated_layers(net)
-    assert [n for n, a in default.items() if not a] == [convs[-1]]  # the GDC
+    default = simulated_layers(net)  # the GDC and the convolution it pools (conv_sep)
+    assert [n for n, a in default.items() if not a] == convs[-2:]
+    assert [n for n, a in simulated_layers(net, ("gdc",)).items() if not a] == [convs[-1]]
     assert not simulated_layers(net, ("embedding",))[linear[0]]
-    sep = simulated_layers(net, ("gdc", "conv_sep"))
-    assert [n for n, a in sep.items() if not a] == convs[-2:]
     assert all(simulated_layers(net, ()).values())
 
 

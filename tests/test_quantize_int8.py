@@ -36,10 +36,11 @@ def test_int8_file_is_qdq_and_close_to_fp32(quantized):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "PRelu" not in ops
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert {t.name.split("_")[0] for t in int8_weights} >= {"w1", "w2", "wf"}
-    # the global depthwise conv computes in float by default; its weight is stored int8
-    gdc = next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "gdc")
-    assert gdc.input[1] == "w3_dequantized"
-    assert info["quantization"]["float_nodes_with_int8_weights"] == ["gdc"]
+    # the global depthwise conv and the conv it pools (conv_sep: here "dw") compute in float
+    # by default; their weights are stored int8
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["gdc"].input[1] == "w3_dequantized" and convs["dw"].input[1] == "w2_dequantized"
+    assert info["quantization"]["float_nodes_with_int8_weights"] == ["dw", "gdc"]
     # the sidecar's cosine is what an independent run of both files gives on held-back faces
     from facekd.deploy.calibration import load_faces
 

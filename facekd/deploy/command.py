@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    from facekd.deploy.graph import DEFAULT_KEEP_FLOAT
     from facekd.deploy.quantize import METHODS, ROLES
 
     p.add_argument("model", help="the fp32 .onnx (e.g. from facekd export)")
@@ -35,8 +36,8 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
         "--keep-float",
         nargs="*",
         choices=ROLES,
-        default=["gdc"],
-        help="node roles left in float (default: gdc; give none for all int8)",
+        default=list(DEFAULT_KEEP_FLOAT),
+        help="node roles left in float (default: gdc conv_sep; give none for all int8)",
     )
     p.add_argument("--calibration-size", type=int, default=512, help="faces (default 512)")
     p.add_argument("--held-back", type=int, default=128, help="faces for the cosine check")

@@ -29,6 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+#: roles computed in float unless told otherwise (``quantize_onnx``, ``facekd quantize``, QAT).
+#: The GDC pools a 7x7x512 map into 512 values that its BatchNorm then centres: uint8 noise on
+#: its input survives the pooling while much of the signal cancels. Quantising conv_sep's output
+#: (the GDC's input) cost the held-back cosine 0.976 -> 0.993 on the legacy MobileFaceNet and
+#: 0.853 -> 0.994 on the ReLU student, for no measurable speed (bench_relu_student.py).
+DEFAULT_KEEP_FLOAT = ("gdc", "conv_sep")
+
 REWRITE_PREFIX = "facekd_prelu/"
 
 

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from facekd.deploy.graph import DEFAULT_KEEP_FLOAT
+
 BINS = 2048  # onnxruntime's histogram size for percentile calibration
 
 
@@ -64,7 +66,7 @@ class QatSettings:
             raise ValueError(f"QAT needs steps, batch_size >= 1, faces >= 2, lr > 0: {self}")
 
 
-def simulated_layers(model: nn.Module, keep_float=("gdc",)) -> dict[str, bool]:
+def simulated_layers(model: nn.Module, keep_float=DEFAULT_KEEP_FLOAT) -> dict[str, bool]:
     """``{module name: quantise its activations too}`` for every ``Conv2d`` / ``Linear``, in
     forward order; the roles are ``graph.layer_roles``' (as for the ONNX graph), read from the
     module tree."""
@@ -173,7 +175,7 @@ def residual_blocks(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if getattr(m, "residual", None) is True]
 
 
-def simulate_int8(model, x, keep_float=("gdc",), method="percentile", percentile=99.99):
+def simulate_int8(model, x, keep_float=DEFAULT_KEEP_FLOAT, method="percentile", percentile=99.99):
     """Make ``model`` (BatchNorm folded) compute as the int8 graph, in place: every
     ``simulated_layers`` layer wrapped in ``SimulatedInt8`` and every residual block's output
     fake-quantised, with ranges measured on ``x`` (module docstring). Returns ``undo()``,
@@ -223,7 +225,7 @@ def finetune(
     faces: np.ndarray,
     settings: QatSettings = QatSettings(),
     *,
-    keep_float=("gdc",),
+    keep_float=DEFAULT_KEEP_FLOAT,
     method: str = "percentile",
     percentile: float = 99.99,
     progress: bool = True,

@@ -15,13 +15,15 @@ measured on the legacy MobileFaceNet (``benchmarks/bench_int8.py``, README "int8
    a 2048-bin histogram), ``minmax`` or ``entropy`` (KL divergence, TensorRT's method).
    minmax let outliers set the scale: raw-embedding cosine to fp32 0.83 vs 0.98 here.
 4. ``keep_float`` names node roles left in float (``facekd.deploy.graph.node_roles``):
-   default ``("gdc",)``, the global depthwise layer: quantising it alone dropped the cosine to
-   0.87, quantising only the fully connected layer kept 0.9999. ``"first"``, ``"fc"``,
-   ``"embedding"`` (gdc + fc) and ``"depthwise"`` are available. Their convolutions still
-   *store* int8 weights (per channel, dequantised to float: ``graph.int8_stored_weights``):
-   the legacy MobileFaceNet's file goes from 2.91x to 3.07x smaller than fp32 with the same
-   held-back cosine (mean 0.9760) and LFW-mini accuracy (99.67); ``int8_kept_weights=False``
-   keeps them fp32.
+   default ``graph.DEFAULT_KEEP_FLOAT = ("gdc", "conv_sep")``, the global depthwise layer and
+   the 1x1 convolution whose output it pools. Quantising the GDC alone dropped the cosine to
+   0.87; with it float, quantising conv_sep's output still cost 0.976 -> 0.993 on the legacy
+   MobileFaceNet and 0.853 -> 0.994 on a ReLU student, at no measurable speed
+   (``benchmarks/bench_relu_student.py``); quantising only the fully connected layer kept
+   0.9999. ``"first"``, ``"fc"``, ``"embedding"`` (gdc + fc) and ``"depthwise"`` are
+   available too. Kept convolutions still *store* int8 weights (per channel, dequantised to
+   float: ``graph.int8_stored_weights``): the legacy model's file goes from 2.91x to 3.09x
+   smaller than fp32; ``int8_kept_weights=False`` keeps them fp32.
 
 Checks written to the sidecar: the cosine of the int8 model's raw embeddings to the fp32
 file's on ``held_back`` calibration-source faces never used to calibrate (and of the
@@ -46,6 +48,7 @@ import numpy as np
 
 from facekd.deploy.calibration import FaceBatches, load_faces, split_faces, to_input
 from facekd.deploy.graph import (
+    DEFAULT_KEEP_FLOAT,
     int8_stored_weights,
     load_model,
     name_nodes,
@@ -137,7 +140,7 @@ def quantize_onnx(
     *,
     method: str = "percentile",
     percentile: float = 99.99,
-    keep_float: tuple[str, ...] = ("gdc",),
+    keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT,
     calibration_size: int = 512,
     held_back: int = 128,
     seed: int = 0,
