@@ -71,6 +71,10 @@ ROWS = {
     "kt_emb_fm": (0,),
     # kt_emb_adamw_long plus Karlekar's pooled-feature transfer (the 512-d pooling layer)
     "kt_pooled_emb_long": (0,),
+    # Karlekar HR->LR from ESP-DL's mbf.onnx (the strongest teacher here) into its own network
+    # at 56 px, against that network from scratch on the same batches
+    "kt_mbf_emb_long": (0,),
+    "scratch_mbf_long": (0,),
     # Hinton soft targets (matched logit scales) from one teacher and from a teacher ensemble,
     # one KT start for all three
     "kt_hinton_legacy": (0,),

@@ -30,6 +30,7 @@ COMPARISONS = (
     ("kt_emb_adamw_long", "scratch_b64_long"),
     ("kt_emb_fm", "kt_emb_adamw_long"),  # the same items in the same order, new views of them
     ("kt_pooled_emb_long", "kt_emb_adamw_long"),  # + the pooled feature, same batches
+    ("kt_mbf_emb_long", "scratch_mbf_long"),  # mbf's network at 56 px, KT vs scratch
     ("kt_hinton_ens", "kt_hinton_mbf"),  # an ensemble against each of two single teachers
     ("kt_hinton_ens", "kt_hinton_legacy"),
     ("kt_hinton_mbf", "kt_hinton_legacy"),
@@ -54,6 +55,8 @@ LABELS = {
     "kt_emb_adamw_4000": "KT start, embedding mimic x128 alone, AdamW, batch 64, 4,000 steps",
     "kt_emb_fm": "kt_emb_adamw_long with function matching: new views, the teacher online",
     "kt_pooled_emb_long": "kt_emb_adamw_long + pooled-feature transfer x64 (Karlekar KT+KD)",
+    "kt_mbf_emb_long": "mbf.onnx's network at 56 px: KT start, embedding mimic x128 of mbf@112",
+    "scratch_mbf_long": "mbf.onnx's network at 56 px, random start, ArcFace only, SGD",
     "kt_hinton_legacy": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), legacy teacher, 800 steps",
     "kt_hinton_mbf": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf.onnx teacher, 800 steps",
     "kt_hinton_ens": "KT start, 0.1 ArcFace + 0.9 Hinton (T = 4), mbf + mfn + legacy ensemble",
@@ -66,17 +69,39 @@ REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
 
 def label(row: str) -> str:
-    """What a row is (``LABELS``); ``teacher@<side>`` for any side."""
-    if row not in LABELS and row.startswith("teacher@"):
-        return f"teacher fed the same {row.removeprefix('teacher@')}-px faces (no training)"
+    """What a row is (``LABELS``); ``teacher@<side>`` and ``<arch>@<side>`` for any side."""
+    if row not in LABELS and "@" in row:
+        who, side = row.split("@")
+        who = "teacher" if who == "teacher" else f"{who} teacher (its KT students' own)"
+        if side == "112":
+            return f"{who}, 112-px faces (reference)"
+        return f"{who} fed the same {side}-px faces (no training)"
     return LABELS[row]
 
 
-def embedding_cosine(runs: Path, name: str, set_name: str = "lfw") -> float:
+def reference_of(name: str, students: Path | None = None) -> str:
+    """The 112-px teacher a model is compared with: ``<arch>@112`` for a student (or a
+    reference row) of an ``OTHER_TEACHERS`` architecture, else ``teacher@112``."""
+    from karlekar_eval import OTHER_TEACHERS
+
+    if "@" in name:
+        arch = name.split("@")[0]
+    elif students is not None and (students / f"{name}.pt").exists():
+        from facekd.models.checkpoints import load_backbone
+
+        arch = getattr(load_backbone(students / f"{name}.pt"), "arch", "")
+    else:
+        arch = ""
+    return f"{arch}@112" if arch in OTHER_TEACHERS else "teacher@112"
+
+
+def embedding_cosine(
+    runs: Path, name: str, set_name: str = "lfw", reference: str = "teacher@112"
+) -> float:
     """Mean cosine between a model's embeddings of a set's faces and the 112-px teacher's
-    (both cached by ``embed_sets``): how closely the student reproduces the teacher."""
+    (``reference``; both cached by ``embed_sets``): how closely the student reproduces it."""
     a = np.load(runs / "emb" / f"{name}.npz")[set_name]
-    b = np.load(runs / "emb" / "teacher@112.npz")[set_name]
+    b = np.load(runs / "emb" / f"{reference}.npz")[set_name]
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float(np.mean(np.sum(a * b, axis=1)))
@@ -219,14 +244,17 @@ def write_embedding_kd_report(
     per_model, decisions, _ = evaluate_all(
         trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets
     )
-    refs = tuple(k for k in per_model if k.startswith("teacher@") or k == "kt_init")
+    refs = tuple(k for k in per_model if "@" in k or k == "kt_init")
     lines = summarise(seeds_of, per_model, names, prefix, references=refs)
     tests = paired(seeds_of, decisions, names, prefix)
-    cos = {
-        r: float(np.mean([embedding_cosine(runs, f"{prefix}{r}_seed{k}") for k in s]))
+    cos = {  # each to its own teacher (the legacy model's, or mbf.onnx's for its students)
+        r: float(np.mean([
+            embedding_cosine(runs, n, reference=reference_of(n, students))
+            for n in (f"{prefix}{r}_seed{k}" for k in s)
+        ]))
         for r, s in seeds_of.items()
-    }
-    cos |= {r: embedding_cosine(runs, r) for r in refs}
+    }  # fmt: skip
+    cos |= {r: embedding_cosine(runs, r, reference=reference_of(r)) for r in refs}
     keys = ("ce", "kd/embedding", "img_per_s")
     logged = {r: [k for k in s if (runs / f"{r}_seed{k}" / "log.csv").exists()]
               for r, s in seeds_of.items()}  # fmt: skip

@@ -14,6 +14,26 @@ import numpy as np
 import torch
 
 LOW = 56  # the students' input side
+#: KT students of another architecture than the legacy teacher's: their own 112-px teacher,
+#: evaluated as ``<arch>@112`` and ``<arch>@<side>`` reference rows (the file under shared/data)
+OTHER_TEACHERS = {"mbf": ("espdl-mobilefacenets", "mbf.onnx")}
+
+
+def other_teacher_refs(trained: dict) -> dict:
+    """``{"<arch>@112" | "<arch>@<side>": (teacher, degrade_to)}`` for the students in
+    ``trained`` (``{name: (model, side, path)}``) whose architecture is in ``OTHER_TEACHERS``."""
+    from bench_real_distill import DATA
+
+    from facekd.models.checkpoints import load_backbone
+
+    refs: dict = {}
+    for model, side, _ in trained.values():
+        arch = getattr(model, "arch", "")
+        if arch in OTHER_TEACHERS:
+            if f"{arch}@112" not in refs:
+                refs[f"{arch}@112"] = (load_backbone(DATA.joinpath(*OTHER_TEACHERS[arch])), None)
+            refs[f"{arch}@{side}"] = (refs[f"{arch}@112"][0], side)
+    return refs
 
 
 def pair_decisions(emb: np.ndarray, ps, search: str = "grid"):
@@ -216,17 +236,22 @@ def evaluate_all(
             path = students / f"{row}_seed{seed}.pt"
             model = load_backbone(path)
             trained[f"{row}_seed{seed}"] = (model, model.input_size if same_arch else LOW, path)
+    others = other_teacher_refs(trained) if same_arch else {}
     refs = reference_models({LOW} | {side for _, side, _ in trained.values()})
     teacher = refs["teacher@112"][0]
+    refs |= {k: v for k, v in others.items() if k.endswith("@112")}
+    refs |= {k: v for k, v in others.items() if not k.endswith("@112")}
     models = {name: (m, d, None) for name, (m, d) in refs.items()} | trained
-    shapes = {}  # side -> the KT student's parameter shapes there
+    shapes = {}  # (arch, side) -> the KT student's parameter shapes there
     for name, (model, side, path) in models.items():  # the teacher's network at each side
         if path is not None and same_arch:
-            if side not in shapes:
-                kt = build_kt_student(teacher, side, fc="resize")[0]
-                shapes[side] = {k: tuple(v.shape) for k, v in kt.state_dict().items()}
+            arch = getattr(model, "arch", "")
+            own = others[f"{arch}@112"][0] if arch in OTHER_TEACHERS else teacher
+            if (arch, side) not in shapes:
+                kt = build_kt_student(own, side, fc="resize")[0]
+                shapes[arch, side] = {k: tuple(v.shape) for k, v in kt.state_dict().items()}
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            assert got == shapes[side], f"{name} is not the teacher's architecture at {side} px"
+            assert got == shapes[arch, side], f"{name} is not its teacher's network at {side} px"
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
     per_model, decisions, pooled = {}, {}, {}
     lfw = next(ps for ps in sets if ps.name == "lfw")
@@ -250,6 +275,7 @@ def evaluate_all(
                 "acc_exact": exact.accuracy,
                 "tar@1e-3": grid.tar_at_far.get(1e-3),
             }
-        if name != "teacher@112" and (same_arch or path is None):  # same channels only
+        legacy_arch = getattr(model, "arch", "") == getattr(teacher, "arch", "")
+        if name != "teacher@112" and legacy_arch and (same_arch or path is None):  # same C
             pooled[name] = pooled_cosine(model, p_t, lfw, degrade=degrade)
     return per_model, decisions, pooled

@@ -94,3 +94,24 @@ def test_schedule_of_a_student_trained_elsewhere_comes_from_its_config(tmp_path)
     # no run folder here (the student was trained on another machine): the row's own config
     assert ekd.schedule(tmp_path, "kt_emb_fm", [0], config_of) == "adamw 0.002, 2500 x 64, bf16"
     assert ekd.schedule(tmp_path, "scratch", [0], config_of) == "sgd 0.1, 300 x 32"
+
+
+def test_students_of_another_teacher_are_compared_with_their_own(tmp_path):
+    from facekd.models import build_backbone
+    from facekd.models.checkpoints import save_backbone
+
+    save_backbone(build_backbone("mbf", width=0.25, input_size=56), tmp_path / "kt_mbf_seed0.pt")
+    save_backbone(build_backbone("mobilefacenet", width=0.25), tmp_path / "kt_seed0.pt")
+    assert ekd.reference_of("kt_mbf_seed0", tmp_path) == "mbf@112"
+    assert ekd.reference_of("kt_seed0", tmp_path) == "teacher@112"
+    assert ekd.reference_of("mbf@56") == "mbf@112" and ekd.reference_of("teacher@40") == (
+        "teacher@112"
+    )
+    assert ekd.label("mbf@112").endswith("112-px faces (reference)")
+    assert "mbf teacher" in ekd.label("mbf@56") and "56-px" in ekd.label("mbf@56")
+    rng = np.random.default_rng(0)
+    (tmp_path / "emb").mkdir()
+    ref = rng.standard_normal((4, 8))
+    np.savez(tmp_path / "emb" / "mbf@112.npz", lfw=ref)
+    np.savez(tmp_path / "emb" / "s.npz", lfw=2.0 * ref)
+    assert abs(ekd.embedding_cosine(tmp_path, "s", reference="mbf@112") - 1.0) < 1e-12
