@@ -23,9 +23,10 @@ a user replacing the shipped model gains.
 Resumable (the student, its ONNX and each int8 file are kept). Exits 0 with a message when
 ``../shared/data`` or the aligned training photos (``bench_embedding_kd.py --prepare-only``)
 are absent. Writes ``benchmarks/results/int8/relu_student.{md,json}`` and saves the student as
-``benchmarks/results/int8/students/relu_kt_emb_112_seed0.pt`` (float16, 2.1 MB).
+``benchmarks/results/int8/students/relu_kt_emb_112_seed0.pt`` (float16, 2.1 MB);
+``--row relu_kt_emb_112_long`` (2,500 steps) writes ``relu_student_long.{md,json}``.
 
-    .venv/bin/python benchmarks/bench_relu_student.py [--steps N] [--threads 2]
+    .venv/bin/python benchmarks/bench_relu_student.py [--row R] [--steps N] [--threads 2]
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from bench_int8 import OUT, RESULTS, fp32_models, pair_sets  # noqa: E402
 
 ROW = "relu_kt_emb_112"
+ROWS = (ROW, "relu_kt_emb_112_long")  # 1,200 and 2,500 steps
 STUDENTS = RESULTS / "students"
 #: the layers kept in float -> their roles (``facekd.deploy.graph``)
 KEEP = {"gdc": ("gdc",), "gdc+conv_sep": ("gdc", "conv_sep"), "none": ()}
 FLOAT_PART = {"gdc": "all but GDC", "gdc+conv_sep": "all but conv_sep + GDC", "none": "all"}
 
 
-def train_student(work: Path, steps: int | None) -> Path:
-    """The saved ReLU student (trained first when missing; resumable)."""
+def train_student(work: Path, steps: int | None, row: str = ROW) -> Path:
+    """The saved ReLU student of ``row`` (trained first when missing; resumable)."""
     import bench_embedding_kd as emb
     import bench_karlekar as karlekar
 
     emb.prepare_all_photos(work)
-    karlekar.train_rows([ROW], (0,), work, STUDENTS, False, steps, config=emb.row_config)
-    return STUDENTS / f"{ROW}_seed0.pt"
+    karlekar.train_rows([row], (0,), work, STUDENTS, False, steps, config=emb.row_config)
+    return STUDENTS / f"{row}_seed0.pt"
 
 
 def quantised(name: str, fp32: Path, keep: str, args) -> tuple[Path, dict]:
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_calibration_args(p)
-    p.add_argument("--steps", type=int, help="training steps (default: the row's 1,200)")
+    p.add_argument("--row", choices=ROWS, default=ROW, help=f"the student (default {ROW})")
+    p.add_argument("--steps", type=int, help="training steps (default: the row's)")
     p.add_argument("--work", default=str(OUT.parent / "real"), help="prepared data + runs")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
@@ -124,17 +127,18 @@ def main(argv=None) -> int:
     from facekd.models.checkpoints import load_backbone
 
     t0 = time.perf_counter()
-    student_pt = train_student(Path(args.work), args.steps)
+    student_pt = train_student(Path(args.work), args.steps, args.row)
     sets = pair_sets()
     legacy_onnx, legacy = fp32_models()["legacy_mobilefacenet"]
     relu = load_backbone(student_pt).float().eval()
-    relu_onnx = OUT / "relu_student.onnx"
+    tag = "relu_student" if args.row == ROW else f"relu_student_{args.row.removeprefix(ROW + '_')}"
+    relu_onnx = OUT / f"{tag}.onnx"
     if not relu_onnx.exists():
         export_onnx(relu, relu_onnx, source=str(student_pt.relative_to(RESULTS.parents[2])))
     res = {"command": "python benchmarks/bench_relu_student.py " + " ".join(argv or sys.argv[1:]),
            "threads": args.threads, "models": {}}  # fmt: skip
-    timed: dict = {"legacy torch": legacy, "relu_student torch": relu}
-    for name, fp32 in (("legacy_mobilefacenet", legacy_onnx), ("relu_student", relu_onnx)):
+    timed: dict = {"legacy torch": legacy, f"{tag} torch": relu}
+    for name, fp32 in (("legacy_mobilefacenet", legacy_onnx), (tag, relu_onnx)):
         row = res["models"][name] = {"fp32_bytes": fp32.stat().st_size, "int8": {}}
         timed[f"{name} ort_fp32"] = fp32
         for keep in KEEP:
@@ -149,17 +153,17 @@ def main(argv=None) -> int:
     lat = ort_compare(timed, (1, 64), budget=budget, threads=args.threads)
     res["latency_ms"] = {k: {b: c.median_ms for b, c in v.items()} for k, v in lat.items()}
     res["wall_seconds"] = round(time.perf_counter() - t0)
-    (RESULTS / "relu_student.json").write_text(json.dumps(res, indent=1) + "\n")
+    (RESULTS / f"{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
     text = (
         "# The quantisation-friendly student: ReLU MobileFaceNet distilled from the fp32 legacy "
         f"model\n\nCommand: `{res['command']}` ({res['wall_seconds']} s), {args.threads} threads."
-        f" Student: `{ROW}` (benchmarks/configs/embedding_kd/{ROW}.yaml). Calibration: "
+        f" Student: `{args.row}` (benchmarks/configs/embedding_kd/{args.row}.yaml). Calibration: "
         f"{args.calibration_size} CelebA-299 crops (identities disjoint from LFW / CFP); cosine on"
         f" {args.held_back} held-back ones.\n\n{table(res)}\n\nLatency (onnxruntime CPU, medians,"
         " every file interleaved in one run):\n\n"
         f"{speed_table(res['latency_ms'], 'legacy_mobilefacenet ort_fp32')}\n"
     )
-    (RESULTS / "relu_student.md").write_text(text)
+    (RESULTS / f"{tag}.md").write_text(text)
     print(text)
     return 0
 

@@ -10,14 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_relu_student as relu  # noqa: E402
+import pytest  # noqa: E402
 
 
-def test_row_is_a_relu_kt_student_at_the_teachers_resolution(tmp_path):
+@pytest.mark.parametrize("row", relu.ROWS)
+def test_row_is_a_relu_kt_student_at_the_teachers_resolution(tmp_path, row):
     import bench_embedding_kd as emb
 
     from facekd.config import ExperimentConfig, from_dict
 
-    cfg = from_dict(ExperimentConfig, emb.row_config(relu.ROW, 0, tmp_path, False, None))
+    cfg = from_dict(ExperimentConfig, emb.row_config(row, 0, tmp_path, False, None))
     assert cfg.student.init == "kt" and cfg.student.kwargs["activation"] == "relu"
     assert cfg.data.student_size is None and cfg.data.image_size == 112
     assert [x.name for x in cfg.losses] == ["embedding"] and cfg.ce_weight == 0.0
