@@ -31,6 +31,7 @@ COMPARISONS = (
     ("kt_emb_fm", "kt_emb_adamw_long"),  # the same items in the same order, new views of them
     ("kt_pooled_emb_long", "kt_emb_adamw_long"),  # + the pooled feature, same batches
     ("kt_mbf_emb_long", "scratch_mbf_long"),  # mbf's network at 56 px, KT vs scratch
+    ("kt_mbf_emb_long", "kt_emb_adamw_long"),  # which teacher to start from and mimic
     ("kt_hinton_ens", "kt_hinton_mbf"),  # an ensemble against each of two single teachers
     ("kt_hinton_ens", "kt_hinton_legacy"),
     ("kt_hinton_mbf", "kt_hinton_legacy"),
