@@ -59,13 +59,18 @@ def train_student(work: Path, steps: int | None, row: str = ROW) -> Path:
     return STUDENTS / f"{row}_seed0.pt"
 
 
+def _fresh(made: Path, source: Path) -> bool:
+    """Whether ``made`` exists and is newer than what it was made from (else: make it anew)."""
+    return made.exists() and made.stat().st_mtime >= source.stat().st_mtime
+
+
 def quantised(name: str, fp32: Path, keep: str, args) -> tuple[Path, dict]:
     """``(int8 file, sidecar)`` of ``fp32`` with ``KEEP[keep]`` in float (read back if made)."""
     from facekd.deploy.quantize import quantize_onnx
 
     out = OUT / f"{name}.{keep}.int8.onnx"
     side = Path(f"{out}.json")
-    if out.exists() and side.exists():
+    if _fresh(out, fp32) and side.exists():
         return out, json.loads(side.read_text())
     info = quantize_onnx(fp32, args.calibration, out, calibration_size=args.calibration_size,
                          held_back=args.held_back, keep_float=KEEP[keep])  # fmt: skip
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     relu = load_backbone(student_pt).float().eval()
     tag = "relu_student" if args.row == ROW else f"relu_student_{args.row.removeprefix(ROW + '_')}"
     relu_onnx = OUT / f"{tag}.onnx"
-    if not relu_onnx.exists():
+    if not _fresh(relu_onnx, student_pt):  # a retrained student is exported anew
         export_onnx(relu, relu_onnx, source=str(student_pt.relative_to(RESULTS.parents[2])))
     res = {"command": "python benchmarks/bench_relu_student.py " + " ".join(argv or sys.argv[1:]),
            "threads": args.threads, "models": {}}  # fmt: skip

@@ -42,3 +42,16 @@ def test_tables_compute_size_and_speed_ratios():
     speed = relu.speed_table(lat, "base")
     assert "| fast | 5.0 | 100.0 | 2.00x | 4.00x |" in speed
     assert "| base | 10.0 | 400.0 | 1.00x | 1.00x |" in speed
+
+
+def test_files_made_from_an_older_source_are_made_anew(tmp_path):
+    import os
+
+    src, made = tmp_path / "student.pt", tmp_path / "student.onnx"
+    src.touch()
+    assert not relu._fresh(made, src)  # never made
+    made.touch()
+    os.utime(src, (made.stat().st_mtime + 10,) * 2)  # the student retrained after the export
+    assert not relu._fresh(made, src)
+    os.utime(made, (src.stat().st_mtime + 1,) * 2)
+    assert relu._fresh(made, src)
