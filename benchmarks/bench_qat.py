@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from bench_int8 import OUT, RESULTS, add_calibration_args, fp32_models, pair_sets, ready
+from int8_report import accuracy_cell
 
 KEEP = {"gdc": ("gdc",), "none": ()}
 
@@ -66,11 +67,7 @@ def table(res: dict) -> str:
         c = info["cosine_to_fp32_held_back"]["int8"]
         q = info["quantization"]["qat"]
         sim = f"{q['cosine_before']:.4f} -> {q['cosine_after']:.4f}" if q else "-"
-        accs = []
-        for acc in info["accuracy_sets"].values():
-            a = {k: 100 * acc[k]["grid"]["accuracy"]
-                 for k in ("fp32", "int8", "fp32_gallery_int8_probe")}  # fmt: skip
-            accs.append(f"{a['fp32']:.2f} -> {a['int8']:.2f} ({a['fp32_gallery_int8_probe']:.2f})")
+        accs = [accuracy_cell(acc) for acc in info["accuracy_sets"].values()]
         lines.append(
             f"| {model} | {keep} | {recipe} | {c['mean']:.4f} / {c['p1']:.4f} / {c['min']:.4f} "
             f"| {sim} | {' | '.join(accs)} | {info['bytes']['int8'] / 1e6:.2f} |"

@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 
 from bench_int8 import OUT, RESULTS, fp32_models, pair_sets  # noqa: E402
+from int8_report import accuracy_cell  # noqa: E402
 
 ROW = "relu_kt_emb_112"
 ROWS = (ROW, "relu_kt_emb_112_long")  # 1,200 and 2,500 steps
@@ -86,12 +87,7 @@ def table(res: dict) -> str:
     for name, row in res["models"].items():
         for keep, q in row["int8"].items():
             c = q["cosine"]
-            accs = []
-            for acc in q["accuracy"].values():
-                a = {k: 100 * acc[k]["grid"]["accuracy"]
-                     for k in ("fp32", "int8", "fp32_gallery_int8_probe")}  # fmt: skip
-                accs.append(f"{a['fp32']:.2f} -> {a['int8']:.2f} "
-                            f"({a['fp32_gallery_int8_probe']:.2f})")  # fmt: skip
+            accs = [accuracy_cell(acc) for acc in q["accuracy"].values()]
             float_part = FLOAT_PART.get(keep, keep)
             lines.append(
                 f"| {name} | {float_part} | {row['fp32_bytes'] / 1e6:.2f} -> "

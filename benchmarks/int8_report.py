@@ -16,6 +16,13 @@ def _acc(info: dict, name: str, pairing: str) -> float:
     return 100 * info["accuracy"][name][pairing]["grid"]["accuracy"]
 
 
+def accuracy_cell(acc: dict) -> str:
+    """``"99.67 -> 99.58 (99.67)"``: fp32 -> int8 (fp32 gallery / int8 probe) accuracy in %,
+    grid thresholds, from one ``facekd.deploy.pair_accuracies`` result."""
+    a = {k: 100 * acc[k]["grid"]["accuracy"] for k, _ in PAIRINGS}
+    return f"{a['fp32']:.2f} -> {a['int8']:.2f} ({a['fp32_gallery_int8_probe']:.2f})"
+
+
 def accuracy_rows(res: dict) -> list[str]:
     head = "| model | recipe | size MB (x smaller) | cosine mean / p1 / min |"
     head += "".join(f" {s} {label} |" for s in SETS for _, label in PAIRINGS)
