@@ -91,13 +91,15 @@ class TransferReport:
         )
 
 
-def _prelu_to_relu(student: nn.Module, teacher: nn.Module, key: str) -> bool:
-    """Whether teacher ``key`` is a PReLU slope whose module is a ReLU in the student."""
-    path, _, leaf = key.rpartition(".")
-    if leaf != "weight":
-        return False
+def _prelu_slopes_of_relus(student: nn.Module, teacher: nn.Module, keys) -> list[str]:
+    """The teacher ``keys`` that are PReLU slopes whose module is a ReLU in the student."""
     modules_s, modules_t = dict(student.named_modules()), dict(teacher.named_modules())
-    return isinstance(modules_t.get(path), nn.PReLU) and isinstance(modules_s.get(path), nn.ReLU)
+    return [
+        k for k in keys
+        if k.endswith(".weight")
+        and isinstance(modules_t.get(k.rpartition(".")[0]), nn.PReLU)
+        and isinstance(modules_s.get(k.rpartition(".")[0]), nn.ReLU)
+    ]  # fmt: skip
 
 
 def resample_spatial(weight: Tensor, size: int) -> Tensor:
@@ -182,7 +184,7 @@ def knowledge_transfer(
     s_sd, t_sd = student.state_dict(), teacher.state_dict()
     missing = [k for k in s_sd if k not in t_sd]
     unexpected = [k for k in t_sd if k not in s_sd]
-    dropped = [k for k in unexpected if _prelu_to_relu(student, teacher, k)]
+    dropped = _prelu_slopes_of_relus(student, teacher, unexpected)
     unexpected = [k for k in unexpected if k not in dropped]
     wrong = [
         f"{k}: teacher {tuple(t_sd[k].shape)} vs student {tuple(v.shape)}"
