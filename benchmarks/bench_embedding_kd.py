@@ -87,6 +87,11 @@ ROWS = {
     "scratch_b64_40": (0,),
     "kt_emb_adamw_32": (0, 1, 2),
     "scratch_b64_32": (0, 1, 2),
+    # the 56-px student that keeps the teacher's 7x7 last map (last_stride 1: every tensor
+    # transferred as is), 800 and 2,500 steps, against the same network from scratch
+    "kt_emb_ls1": (0,),
+    "kt_emb_ls1_long": (0, 1, 2),
+    "scratch_ls1_long": (0,),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)

@@ -38,6 +38,9 @@ COMPARISONS = (
     ("kt_emb_adamw", "kt_hinton_legacy"),  # one teacher, its embedding or its soft targets
     ("kt_emb_adamw_40", "scratch_b64_40"),
     ("kt_emb_adamw_32", "scratch_b64_32"),
+    ("kt_emb_ls1", "kt_emb_adamw"),  # the 7x7 last map against the 4x4 one, same batches
+    ("kt_emb_ls1_long", "kt_emb_adamw_long"),
+    ("kt_emb_ls1_long", "scratch_ls1_long"),
 )
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
@@ -65,6 +68,10 @@ LABELS = {
     "scratch_b64_40": "scratch_b64 at 40 px",
     "kt_emb_adamw_32": "kt_emb_adamw with the student fed 32-px faces",
     "scratch_b64_32": "scratch_b64 at 32 px",
+    "kt_init_ls1": "KT student with the 7x7 last map (last_stride 1) before training",
+    "kt_emb_ls1": "kt_emb_adamw, 7x7 last map (last_stride 1, 0.131 GFLOPs), 800 steps",
+    "kt_emb_ls1_long": "kt_emb_adamw_long, 7x7 last map (last_stride 1, 0.131 GFLOPs)",
+    "scratch_ls1_long": "scratch_b64_long, 7x7 last map (last_stride 1, 0.131 GFLOPs)",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
@@ -245,7 +252,7 @@ def write_embedding_kd_report(
     per_model, decisions, _ = evaluate_all(
         trained, {prefix + r: s for r, s in seeds_of.items()}, runs, students, sets
     )
-    refs = tuple(k for k in per_model if "@" in k or k == "kt_init")
+    refs = tuple(k for k in per_model if "@" in k or k.startswith("kt_init"))
     lines = summarise(seeds_of, per_model, names, prefix, references=refs)
     tests = paired(seeds_of, decisions, names, prefix)
     cos = {  # each to its own teacher (the legacy model's, or mbf.onnx's for its students)

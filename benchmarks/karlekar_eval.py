@@ -214,6 +214,13 @@ def cost(teacher, student, quick: bool) -> dict:
     return out
 
 
+def _strides(model) -> dict:
+    """``{"last_stride": 1}`` for a MobileFaceNet built without its last down-sampling, else
+    ``{}``: the constructor keyword a KT student of the same shapes needs."""
+    ls = getattr(model, "arch_kwargs", {}).get("last_stride", 2)
+    return {"last_stride": ls} if ls != 2 else {}
+
+
 def evaluate_all(
     rows, seeds, runs: Path, students: Path, sets, same_arch: bool = True
 ) -> tuple[dict, dict, dict]:
@@ -239,19 +246,25 @@ def evaluate_all(
     others = other_teacher_refs(trained) if same_arch else {}
     refs = reference_models({LOW} | {side for _, side, _ in trained.values()})
     teacher = refs["teacher@112"][0]
+    if any(_strides(m) for m, _, _ in trained.values()):  # the 7x7-last-map KT start, untrained
+        kt_ls1, _ = build_kt_student(teacher, LOW, fc="resize", last_stride=1)
+        refs["kt_init_ls1"] = (kt_ls1.eval(), LOW)
     refs |= {k: v for k, v in others.items() if k.endswith("@112")}
     refs |= {k: v for k, v in others.items() if not k.endswith("@112")}
     models = {name: (m, d, None) for name, (m, d) in refs.items()} | trained
-    shapes = {}  # (arch, side) -> the KT student's parameter shapes there
+    shapes = {}  # (arch, side, strides) -> the KT student's parameter shapes there
     for name, (model, side, path) in models.items():  # the teacher's network at each side
         if path is not None and same_arch:
-            arch = getattr(model, "arch", "")
+            arch, strides = getattr(model, "arch", ""), _strides(model)
             own = others[f"{arch}@112"][0] if arch in OTHER_TEACHERS else teacher
-            if (arch, side) not in shapes:
-                kt = build_kt_student(own, side, fc="resize")[0]
-                shapes[arch, side] = {k: tuple(v.shape) for k, v in kt.state_dict().items()}
+            if (arch, side, tuple(strides.items())) not in shapes:
+                kt = build_kt_student(own, side, fc="resize", **strides)[0]
+                shapes[arch, side, tuple(strides.items())] = {
+                    k: tuple(v.shape) for k, v in kt.state_dict().items()
+                }
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            assert got == shapes[arch, side], f"{name} is not its teacher's network at {side} px"
+            want = shapes[arch, side, tuple(strides.items())]
+            assert got == want, f"{name} is not its teacher's network at {side} px"
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
     per_model, decisions, pooled = {}, {}, {}
     lfw = next(ps for ps in sets if ps.name == "lfw")

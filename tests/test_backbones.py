@@ -69,6 +69,31 @@ def test_low_resolution_inputs_size_the_embedding_layer(name, size, last):
         model(torch.randn(1, 3, size * 2, size * 2))
 
 
+def test_mobilefacenet_last_stride_one_keeps_the_112px_shapes_and_only_changes_a_stride():
+    full = build_backbone("mobilefacenet", width=0.25, input_size=112)
+    ls1 = build_backbone("mobilefacenet", width=0.25, input_size=56, last_stride=1)
+    ls2 = build_backbone("mobilefacenet", width=0.25, input_size=56)
+    assert {k: v.shape for k, v in ls1.state_dict().items()} == {
+        k: v.shape for k, v in full.state_dict().items()
+    }
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert ls1.eval().forward_features(x).stages[-1].shape[-2:] == (7, 7)
+    # with the same weights, a stride-2 depthwise conv is the stride-1 one sampled at [::2, ::2]
+    body = {k: v for k, v in full.state_dict().items() if k.startswith("layers.")}
+    ls1.load_state_dict(body, strict=False)
+    ls2.load_state_dict(body, strict=False)
+    outs = {}
+    for name, model in (("ls1", ls1), ("ls2", ls2)):
+        dw = model.layers[6].layers[1]
+        dw.register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o))
+        with torch.no_grad():
+            model.eval()(x)
+    torch.testing.assert_close(outs["ls1"][..., ::2, ::2], outs["ls2"])
+    with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
+        build_backbone("mobilefacenet", last_stride=4)
+
+
 def test_iresnet_gap_head_is_resolution_independent_in_shape():
     a = build_backbone("iresnet18", head="gap", width=0.25)
     b = build_backbone("iresnet18", head="gap", width=0.25, input_size=56)

@@ -75,6 +75,15 @@ def test_kt_copies_every_conv_bn_tensor_bit_exactly(arch):
     assert "fc" in str(report) or "features" in str(report)
 
 
+def test_kt_into_a_last_stride_one_student_copies_every_tensor_with_the_teacher_gdc():
+    teacher = _teacher("mobilefacenet")
+    student, report = build_kt_student(teacher, input_size=56, fc="resize", last_stride=1)
+    assert report.resized == [] and report.reinitialised == []
+    assert sorted(report.copied) == sorted(teacher.state_dict())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in student.state_dict().items())
+    assert student.arch_kwargs["last_stride"] == 1 and student.input_size == 56
+
+
 def test_kt_resize_fc_teacher_to_gap_student_preserves_constant_maps():
     teacher = _teacher()
     student, report = build_kt_student(teacher, input_size=56, fc="resize", head="gap")
