@@ -90,6 +90,7 @@ ROWS = {
     # the 56-px student that keeps the teacher's 7x7 last map (last_stride 1: every tensor
     # transferred as is), 800 and 2,500 steps, against the same network from scratch
     "kt_emb_ls1": (0,),
+    "kt_emb_adamw_fp32": (0,),  # kt_emb_ls1's fair baseline: both in float32 (no native bf16)
     "kt_emb_ls1_long": (0, 1, 2),
     "scratch_ls1_long": (0,),
 }

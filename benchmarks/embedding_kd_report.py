@@ -38,7 +38,8 @@ COMPARISONS = (
     ("kt_emb_adamw", "kt_hinton_legacy"),  # one teacher, its embedding or its soft targets
     ("kt_emb_adamw_40", "scratch_b64_40"),
     ("kt_emb_adamw_32", "scratch_b64_32"),
-    ("kt_emb_ls1", "kt_emb_adamw"),  # the 7x7 last map against the 4x4 one, same batches
+    ("kt_emb_ls1", "kt_emb_adamw_fp32"),  # the 7x7 last map against the 4x4 one, same batches
+    ("kt_emb_adamw_fp32", "kt_emb_adamw"),  # float32 against bf16 autocast, same batches
     ("kt_emb_ls1_long", "kt_emb_adamw_long"),
     ("kt_emb_ls1_long", "scratch_ls1_long"),
 )
@@ -69,9 +70,10 @@ LABELS = {
     "kt_emb_adamw_32": "kt_emb_adamw with the student fed 32-px faces",
     "scratch_b64_32": "scratch_b64 at 32 px",
     "kt_init_ls1": "KT student with the 7x7 last map (last_stride 1) before training",
-    "kt_emb_ls1": "kt_emb_adamw, 7x7 last map (last_stride 1, 0.131 GFLOPs), 800 steps",
-    "kt_emb_ls1_long": "kt_emb_adamw_long, 7x7 last map (last_stride 1, 0.131 GFLOPs)",
-    "scratch_ls1_long": "scratch_b64_long, 7x7 last map (last_stride 1, 0.131 GFLOPs)",
+    "kt_emb_adamw_fp32": "kt_emb_adamw in float32 (no bf16 autocast)",
+    "kt_emb_ls1": "kt_emb_adamw_fp32, 7x7 last map (last_stride 1, 0.131 GFLOPs), 800 steps",
+    "kt_emb_ls1_long": "kt_emb_adamw_long, 7x7 last map (last_stride 1, 0.131 GFLOPs), float32",
+    "scratch_ls1_long": "scratch_b64_long, 7x7 last map (last_stride 1, 0.131 GFLOPs), float32",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 

@@ -148,3 +148,19 @@ def test_accumulation_clipping_amp_and_channels_last_run(tmp_path, amp):
     history = trainer.fit()
     assert [r["step"] for r in history] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_native_support_warns_and_keeps_the_setting(tmp_path, monkeypatch, caplog,
+                                                                  native):  # fmt: skip
+    import facekd.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "bf16_support", lambda device: (native, "no bf16 here"))
+    with caplog.at_level("WARNING", logger="facekd.engine.trainer"):
+        trainer = _trainer(tmp_path, 1, amp="bf16")
+    assert trainer.settings.amp == "bf16"
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    if native:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "no bf16 here" in warned[0]

@@ -46,6 +46,7 @@ from facekd.evaluation.profile_report import (  # noqa: F401 - re-exported
     ModelProfile,
 )
 from facekd.runtime import tune_cpu
+from facekd.runtime.cpu import bf16_support
 
 #: "fp32": eager, contiguous; "bf16": channels_last + bf16 autocast
 PRECISIONS = ("fp32", "bf16")
@@ -94,19 +95,6 @@ def state_dict_bytes(model: nn.Module) -> int:
         path = os.path.join(tmp, "weights.pt")
         torch.save(model.state_dict(), path)
         return os.path.getsize(path)
-
-
-def bf16_support(device: str | torch.device = "cpu") -> tuple[bool, str]:
-    """Whether bf16 runs natively on ``device``, and why (or why not)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ok, "CUDA bf16" if ok else "this GPU has no bf16 support"
-    if not torch.backends.mkldnn.is_available():
-        return False, "torch built without oneDNN (mkldnn)"
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return True, "oneDNN bf16 (CPU has avx512_bf16 / AMX / ARM bf16)"
-    return False, "CPU lacks native bf16 instructions (avx512_bf16 / AMX / ARM bf16)"
 
 
 def cpu_name() -> str:

@@ -170,6 +170,21 @@ def torch_threads(n: int):
             torch.set_num_threads(before)
 
 
+def bf16_support(device: str | torch.device = "cpu") -> tuple[bool, str]:
+    """Whether bf16 runs natively on ``device``, and why (or why not). Without native support
+    bf16 autocast is emulated: training here (AMD EPYC, AVX2 only) took 6.1 s per step of the
+    56-px MobileFaceNet at batch 64 against 0.62 s in float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "CUDA bf16" if ok else "this GPU has no bf16 support"
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch built without oneDNN (mkldnn)"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return True, "oneDNN bf16 (CPU has avx512_bf16 / AMX / ARM bf16)"
+    return False, "CPU lacks native bf16 instructions (avx512_bf16 / AMX / ARM bf16)"
+
+
 def worker_init(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: one torch thread, OpenCV's thread pool off."""
     torch.set_num_threads(1)
