@@ -52,17 +52,23 @@ def pair_sets():
     return [lfw, cfp]
 
 
-def fp32_models() -> dict:
-    """``{name: (fp32 .onnx, torch module)}``."""
+def fp32_models(names=("legacy_mobilefacenet", "espdl_mbf")) -> dict:
+    """``{name: (fp32 .onnx, torch module)}`` of the ``names`` asked for (each import of
+    mbf.onnx takes seconds, so callers that need one model load only that one)."""
     from facekd.deploy.export import export_onnx
     from facekd.models.checkpoints import load_backbone
 
-    legacy = load_backbone(str(DATA / "insightface-mobilefacenet-legacy" / "model"))
-    path = OUT / "legacy_mobilefacenet.onnx"
-    if not path.exists():
-        export_onnx(legacy, path, source="insightface-mobilefacenet-legacy")
-    mbf = DATA / "espdl-mobilefacenets" / "mbf.onnx"
-    return {"legacy_mobilefacenet": (path, legacy), "espdl_mbf": (mbf, load_backbone(mbf))}
+    out = {}
+    if "legacy_mobilefacenet" in names:
+        legacy = load_backbone(str(DATA / "insightface-mobilefacenet-legacy" / "model"))
+        path = OUT / "legacy_mobilefacenet.onnx"
+        if not path.exists():
+            export_onnx(legacy, path, source="insightface-mobilefacenet-legacy")
+        out["legacy_mobilefacenet"] = (path, legacy)
+    if "espdl_mbf" in names:
+        mbf = DATA / "espdl-mobilefacenets" / "mbf.onnx"
+        out["espdl_mbf"] = (mbf, load_backbone(mbf))
+    return out
 
 
 def run_model(name, fp32, torch_model, sets, args) -> dict:
@@ -128,9 +134,8 @@ def main(argv=None) -> int:
     t0, sets = time.perf_counter(), pair_sets()
     res = {"command": "python benchmarks/bench_int8.py " + " ".join(argv or sys.argv[1:]),
            "threads": args.threads, "models": {}}  # fmt: skip
-    for name, (fp32, module) in fp32_models().items():
-        if name in args.models:
-            res["models"][name] = run_model(name, fp32, module, sets, args)
+    for name, (fp32, module) in fp32_models(args.models).items():
+        res["models"][name] = run_model(name, fp32, module, sets, args)
     res["wall_seconds"] = round(time.perf_counter() - t0)
     (RESULTS / "report.json").write_text(json.dumps(res, indent=1) + "\n")
     from int8_report import write_report

@@ -90,12 +90,11 @@ def main(argv=None) -> int:
     t0, sets = time.perf_counter(), pair_sets()
     res = {"command": "python benchmarks/bench_qat.py " + " ".join(argv or sys.argv[1:]),
            "settings": vars(args), "runs": {}}  # fmt: skip
-    for name, (fp32, _) in fp32_models().items():
-        if name in args.models:
-            for keep in args.keep:
-                for qat in (False, True):
-                    key = f"{name}/{'qat' if qat else 'ptq'}/{keep}"
-                    res["runs"][key] = run(name, fp32, keep, qat, sets, args)
+    for name, (fp32, _) in fp32_models(args.models).items():
+        for keep in args.keep:
+            for qat in (False, True):
+                key = f"{name}/{'qat' if qat else 'ptq'}/{keep}"
+                res["runs"][key] = run(name, fp32, keep, qat, sets, args)
     res["wall_seconds"] = round(time.perf_counter() - t0)
     (RESULTS / "qat.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     text = f"# int8: post-training vs quantisation-aware fine-tuning\n\n{table(res)}\n"

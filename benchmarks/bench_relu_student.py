@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     student_pt = train_student(Path(args.work), args.steps, args.row)
     sets = pair_sets()
-    legacy_onnx, legacy = fp32_models()["legacy_mobilefacenet"]
+    legacy_onnx, legacy = fp32_models(("legacy_mobilefacenet",))["legacy_mobilefacenet"]
     relu = load_backbone(student_pt).float().eval()
     tag = "relu_student" if args.row == ROW else f"relu_student_{args.row.removeprefix(ROW + '_')}"
     relu_onnx = OUT / f"{tag}.onnx"
