@@ -41,8 +41,10 @@ COMPARISONS = (
     ("kt_emb_ls1", "kt_emb_adamw_fp32"),  # the 7x7 last map against the 4x4 one, same batches
     ("kt_emb_adamw_fp32", "kt_emb_adamw"),  # float32 against bf16 autocast, same batches
     ("kt_emb_ls1_long", "kt_emb_adamw_long"),
-    ("kt_emb_ls1_long", "scratch_ls1_long"),
 )
+#: compared pairs that also differ in precision (float32 against bf16 autocast): the rows of a
+#: CPU without native bf16 (kt_emb_ls1*) against rows trained with it; the report says so
+PRECISION_PAIRS = {("kt_emb_adamw_fp32", "kt_emb_adamw"), ("kt_emb_ls1_long", "kt_emb_adamw_long")}
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
     "teacher@56": "teacher fed the same 56-px faces (no training)",
@@ -73,7 +75,6 @@ LABELS = {
     "kt_emb_adamw_fp32": "kt_emb_adamw in float32 (no bf16 autocast)",
     "kt_emb_ls1": "kt_emb_adamw_fp32, 7x7 last map (last_stride 1, 0.131 GFLOPs), 800 steps",
     "kt_emb_ls1_long": "kt_emb_adamw_long, 7x7 last map (last_stride 1, 0.131 GFLOPs), float32",
-    "scratch_ls1_long": "scratch_b64_long, 7x7 last map (last_stride 1, 0.131 GFLOPs), float32",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
@@ -235,6 +236,26 @@ def sign_test_table(tests) -> list[str]:
     return md
 
 
+def student_gflops(students: Path, prefix: str, seeds_of: dict) -> str:
+    """GFLOPs of one face for each distinct student network among the rows, and its rows."""
+    from facekd.evaluation.profile import count_flops
+    from facekd.models.checkpoints import load_backbone
+
+    rows_of: dict = {}
+    for row, seeds in seeds_of.items():
+        model = load_backbone(students / f"{prefix}{row}_seed{seeds[0]}.pt")
+        key = (model.arch, json.dumps(model.arch_kwargs, sort_keys=True))
+        if key not in rows_of:
+            rows_of[key] = [count_flops(model, model.input_size) / 1e9, model, []]
+        rows_of[key][2].append(row)
+    return "; ".join(
+        f"{model.arch} at {model.input_size} px"
+        + (", last_stride 1" if model.arch_kwargs.get("last_stride") == 1 else "")
+        + f" {gflops:.3f} GFLOPs ({', '.join(rows)})"
+        for gflops, model, rows in rows_of.values()
+    )
+
+
 def write_embedding_kd_report(
     rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
     prep_seconds: float, wall_start: float, train_cfg: dict, config_of=None,
@@ -320,6 +341,9 @@ def write_embedding_kd_report(
             + f" | {mc} | {st['a_better']} / {st['b_better']}, {_p(st['p'])} |"
         )
     md.append("\n" + "\n".join(f"- {verdict(t)}" for t in tests) + "\n")
+    if mixed := sorted({(t["a"], t["b"]) for t in tests} & PRECISION_PAIRS):
+        md.append("Pairs that also differ in precision (float32 against bf16 autocast): "
+                  + "; ".join(f"{a} vs {b}" for a, b in mixed) + ".\n")  # fmt: skip
     md.append("## What the logs show (first → last logged steps, mean over seeds)\n")
     for r, ls in logs.items():
         parts = []
@@ -340,10 +364,11 @@ def write_embedding_kd_report(
                   "earlier session; the saved students are evaluated all the same).")  # fmt: skip
     secs = {k: v for k, v in times.items() if v is not None}
     wall = time.perf_counter() - wall_start
+    flops = student_gflops(students, prefix, seeds_of)
     md.append(
-        "\nCost of the student: the 56-px row of `karlekar/report.md` (the same architecture: "
-        f"0.113 GFLOPs against the teacher's 0.442). Command: `{command}`; this report took "
-        f"{wall / 60:.1f} min.\n"
+        f"\nCost per face (`torch.utils.flop_counter`): {flops}"
+        "; the teacher at 112 px 0.442 GFLOPs. Latency of the 56-px network: the 56-px row of "
+        f"`karlekar/report.md`. Command: `{command}`; this report took {wall / 60:.1f} min.\n"
     )
     path = out / "report.md"
     path.write_text("\n".join(md))

@@ -71,7 +71,8 @@ def test_every_row_has_a_valid_config_and_compared_rows_share_their_batches(tmp_
         assert dataclasses.replace(cfgs[a].data, augment=cfgs[b].data.augment) == cfgs[b].data
         assert (cfgs[a].data.augment != cfgs[b].data.augment) == (a == "kt_emb_fm")
         assert cfgs[a].train.steps == cfgs[b].train.steps
-        assert cfgs[a].train.amp == cfgs[b].train.amp
+        # precision too, unless the pair is declared a float32 / bf16 pair (said in the report)
+        assert (cfgs[a].train.amp != cfgs[b].train.amp) == ((a, b) in ekd.PRECISION_PAIRS)
     assert cfgs["kt_emb_adamw_long"].train.steps > cfgs["kt_emb_adamw"].train.steps
 
 
@@ -115,3 +116,17 @@ def test_students_of_another_teacher_are_compared_with_their_own(tmp_path):
     np.savez(tmp_path / "emb" / "mbf@112.npz", lfw=ref)
     np.savez(tmp_path / "emb" / "s.npz", lfw=2.0 * ref)
     assert abs(ekd.embedding_cosine(tmp_path, "s", reference="mbf@112") - 1.0) < 1e-12
+
+
+def test_cost_line_groups_rows_by_network_and_counts_the_last_stride(tmp_path):
+    from facekd.models import build_backbone
+    from facekd.models.checkpoints import save_backbone
+
+    for row, kw in (("a", {}), ("b", {}), ("c", {"last_stride": 1})):
+        model = build_backbone("mobilefacenet", width=0.25, input_size=56, **kw)
+        save_backbone(model, tmp_path / f"emb_{row}_seed0.pt")
+    line = ekd.student_gflops(tmp_path, "emb_", {"a": [0], "b": [0], "c": [0]})
+    plain, ls1 = line.split("; ")
+    assert plain.endswith("GFLOPs (a, b)") and ls1.endswith("GFLOPs (c)") and "last_stride 1" in ls1
+    flops = [float(part.split(" GFLOPs")[0].split()[-1]) for part in (plain, ls1)]
+    assert 0 < flops[0] < flops[1]  # the 7x7 last map costs more than the 4x4 one
