@@ -29,7 +29,7 @@ stride-1 bottleneck, so the last map's side is ceil(input_size / 8): 7 at 56 px.
 student then keeps the teacher's 7x7 last map, its GDC kernel and every other tensor keep the
 112-px teacher's shapes (knowledge transfer copies all of them bit-exactly), and only stage 3,
 ``conv_sep`` and the GDC run on 4x the positions: 0.131 against 0.113 GFLOPs at 56 px (the
-112-px network: 0.442), 1.00M parameters as the teacher's.
+112-px network: 0.442), with the teacher's 1.00M parameters.
 
 Two variants seen in released ONNX files (``facekd.models.onnx_import`` recognises them):
 ``stem_groups`` (default ``gcd(64s, 64)``: insightface's ``groups=64``; Espressif's ``mbf`` is
