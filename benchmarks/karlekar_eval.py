@@ -257,14 +257,12 @@ def evaluate_all(
         if path is not None and same_arch:
             arch, strides = getattr(model, "arch", ""), _strides(model)
             own = others[f"{arch}@112"][0] if arch in OTHER_TEACHERS else teacher
-            if (arch, side, tuple(strides.items())) not in shapes:
+            key = (arch, side, tuple(strides.items()))
+            if key not in shapes:
                 kt = build_kt_student(own, side, fc="resize", **strides)[0]
-                shapes[arch, side, tuple(strides.items())] = {
-                    k: tuple(v.shape) for k, v in kt.state_dict().items()
-                }
+                shapes[key] = {k: tuple(v.shape) for k, v in kt.state_dict().items()}
             got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            want = shapes[arch, side, tuple(strides.items())]
-            assert got == want, f"{name} is not its teacher's network at {side} px"
+            assert got == shapes[key], f"{name} is not its teacher's network at {side} px"
             assert all(p.dtype == torch.float32 for p in model.parameters()), name
     per_model, decisions, pooled = {}, {}, {}
     lfw = next(ps for ps in sets if ps.name == "lfw")

@@ -45,8 +45,7 @@ from facekd.evaluation.profile_report import (  # noqa: F401 - re-exported
     Latency,
     ModelProfile,
 )
-from facekd.runtime import tune_cpu
-from facekd.runtime.cpu import bf16_support
+from facekd.runtime import bf16_support, tune_cpu
 
 #: "fp32": eager, contiguous; "bf16": channels_last + bf16 autocast
 PRECISIONS = ("fp32", "bf16")
