@@ -41,6 +41,8 @@ COMPARISONS = (
     ("kt_emb_ls1", "kt_emb_adamw_fp32"),  # the 7x7 last map against the 4x4 one, same batches
     ("kt_emb_adamw_fp32", "kt_emb_adamw"),  # float32 against bf16 autocast, same batches
     ("kt_emb_ls1_long", "kt_emb_adamw_long"),
+    ("kt_emb_adamw_64", "scratch_b64_64"),  # higher sides: what 98.5+ on LFW costs
+    ("kt_emb_adamw_80", "scratch_b64_80"),
 )
 #: compared pairs that also differ in precision (float32 against bf16 autocast): the rows of a
 #: CPU without native bf16 (kt_emb_ls1*) against rows trained with it; the report says so
@@ -75,6 +77,10 @@ LABELS = {
     "kt_emb_adamw_fp32": "kt_emb_adamw in float32 (no bf16 autocast)",
     "kt_emb_ls1": "kt_emb_adamw_fp32, 7x7 last map (last_stride 1, 0.131 GFLOPs), 800 steps",
     "kt_emb_ls1_long": "kt_emb_adamw_long, 7x7 last map (last_stride 1, 0.131 GFLOPs), float32",
+    "kt_emb_adamw_64": "kt_emb_adamw_fp32 with the student fed 64-px faces",
+    "scratch_b64_64": "scratch_b64 at 64 px, float32",
+    "kt_emb_adamw_80": "kt_emb_adamw_fp32 with the student fed 80-px faces",
+    "scratch_b64_80": "scratch_b64 at 80 px, float32",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 

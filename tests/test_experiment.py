@@ -56,6 +56,17 @@ def test_teacher_then_cached_distillation(tmp_path, caplog):
     assert all({"ce", "kd/embedding"} <= set(r) for r in history)
     assert (tmp_path / "cache" / "meta.json").exists()
 
+    # a student fed smaller faces: the teacher still sees the full-size view, so the same cache
+    # serves it as it is (neither refused nor rebuilt)
+    built = (tmp_path / "cache" / "meta.json").stat().st_mtime_ns
+    low_cfg = copy.deepcopy(student_cfg)
+    low_cfg.out_dir, low_cfg.data.student_size = str(tmp_path / "low"), 24
+    low = build_trainer(low_cfg)
+    assert low.distiller.teacher_cache is not None and low.distiller.teacher is None
+    assert low.distiller.student.input_size == 24
+    assert (tmp_path / "cache" / "meta.json").stat().st_mtime_ns == built
+    assert low.fit()[-1]["kd/embedding"] > 0
+
     # photometric jitter changes the teacher's view: the teacher runs online and the log says so
     online_cfg = load_config(
         ExperimentConfig,

@@ -118,6 +118,32 @@ def test_ort_compare_times_torch_and_onnx(quantized):
                                               "ort_int8/torch") for b in (1, 2)}  # fmt: skip
 
 
+def test_ort_compare_feeds_each_entry_its_own_side():
+    import torch
+
+    from facekd.deploy.latency import ort_compare
+    from facekd.evaluation.profile import TimingBudget
+
+    seen: dict = {}
+
+    class Record(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            seen.setdefault(self.name, set()).add(tuple(x.shape))
+            return x.mean((2, 3))
+
+    budget = TimingBudget(warmup=1, runs=2, min_runs=1)
+    models = {"at56": Record("at56"), "at80": Record("at80")}
+    lat = ort_compare(models, (1, 3), size={"at56": 56, "at80": 80}, budget=budget, threads=1)
+    assert seen == {n: {(b, 3, s, s) for b in (1, 3)} for n, s in (("at56", 56), ("at80", 80))}
+    assert set(lat) == {"at56", "at80"} and all(set(v) == {1, 3} for v in lat.values())
+    with pytest.raises(ValueError, match=r"no input size for \['at80'\]"):
+        ort_compare(models, (1,), size={"at56": 56}, budget=budget)
+
+
 def test_int8_bench_needs_one_file_per_student_and_a_sidecar(tmp_path, quantized):
     from facekd.deploy.command import int8_bench
     from facekd.deploy.latency import fp32_of

@@ -42,11 +42,18 @@ def ort_compare(
     models: dict,
     batch_sizes: tuple[int, ...] = (1, 64),
     *,
-    size: int = 112,
+    size: int | dict[str, int] = 112,
     budget: TimingBudget = QUICK,
     threads: int | None = None,
 ) -> dict[str, dict[int, Latency]]:
-    """``{name: {batch: Latency}}`` for torch modules and ``.onnx`` paths (module docstring)."""
+    """``{name: {batch: Latency}}`` for torch modules and ``.onnx`` paths (module docstring).
+
+    ``size``: the faces' side, one for all, or ``{name: side}`` per entry (the same network at
+    several input resolutions, timed in the same rounds).
+    """
+    sizes = size if isinstance(size, dict) else dict.fromkeys(models, size)
+    if missing := sorted(set(models) - set(sizes)):
+        raise ValueError(f"no input size for {missing}")
     threads = threads or torch.get_num_threads()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -54,12 +61,13 @@ def ort_compare(
     out: dict[str, dict[int, Latency]] = {name: {} for name in models}
     try:
         for b in batch_sizes:
-            x = torch.rand(b, 3, size, size, generator=gen) * 2 - 1
+            sides = sorted(set(sizes.values()))
+            faces = {s: torch.rand(b, 3, s, s, generator=gen) * 2 - 1 for s in sides}
             steps = [
-                _make_step(m.eval(), x, "fp32")
+                _make_step(m.eval(), faces[sizes[name]], "fp32")
                 if isinstance(m, torch.nn.Module)
-                else _ort_step(m, x.numpy(), threads)
-                for m in models.values()
+                else _ort_step(m, faces[sizes[name]].numpy(), threads)
+                for name, m in models.items()
             ]
             times, warm = _time_rounds(steps, budget, torch.device("cpu"))
             for name, ts in zip(models, times, strict=True):

@@ -209,7 +209,10 @@ def _teacher_cache(cfg, teacher, dataset, hinton_T: float):
         )
         return None
     clean = build_dataset(cfg, build_transform(_augment_spec(cfg, deterministic=True)))
-    preprocessing = f"size={cfg.data.image_size};student={cfg.data.student_size};rgb[-1,1]"
+    # The teacher always sees the data.image_size view (the high-resolution one when the student
+    # is fed smaller faces), so the student's side is not part of the key: one cache serves
+    # students at every side.
+    preprocessing = f"size={cfg.data.image_size};rgb[-1,1]"
     if "logits" in teacher_provides(teacher):  # ensembles average at this temperature
         preprocessing += f";T={hinton_T}"
     cache = build_teacher_cache(
