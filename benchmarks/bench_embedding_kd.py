@@ -99,6 +99,7 @@ ROWS = {
     "scratch_b64_64": (0,),
     "kt_emb_adamw_80": (0,),
     "scratch_b64_80": (0,),
+    "kt_emb_adamw_64_long": (0,),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "real_distill"
 PREFIX = "emb_"  # saved students: students/emb_<row>_seed<k>.pt (apart from Karlekar's)

@@ -43,10 +43,18 @@ COMPARISONS = (
     ("kt_emb_ls1_long", "kt_emb_adamw_long"),
     ("kt_emb_adamw_64", "scratch_b64_64"),  # higher sides: what 98.5+ on LFW costs
     ("kt_emb_adamw_80", "scratch_b64_80"),
+    ("kt_emb_adamw_64_long", "kt_emb_adamw_long"),  # 64 against 56 px, the same 2,500 batches
 )
 #: compared pairs that also differ in precision (float32 against bf16 autocast): the rows of a
 #: CPU without native bf16 (kt_emb_ls1*) against rows trained with it; the report says so
-PRECISION_PAIRS = {("kt_emb_adamw_fp32", "kt_emb_adamw"), ("kt_emb_ls1_long", "kt_emb_adamw_long")}
+PRECISION_PAIRS = {
+    ("kt_emb_adamw_fp32", "kt_emb_adamw"),
+    ("kt_emb_ls1_long", "kt_emb_adamw_long"),
+    ("kt_emb_adamw_64_long", "kt_emb_adamw_long"),
+}
+#: compared pairs whose students are fed faces of different sides (the same photos in the same
+#: order, down-sampled to each student's side): what the side buys on one schedule
+SIDE_PAIRS = {("kt_emb_adamw_64_long", "kt_emb_adamw_long")}
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
     "teacher@56": "teacher fed the same 56-px faces (no training)",
@@ -81,12 +89,16 @@ LABELS = {
     "scratch_b64_64": "scratch_b64 at 64 px, float32",
     "kt_emb_adamw_80": "kt_emb_adamw_fp32 with the student fed 80-px faces",
     "scratch_b64_80": "scratch_b64 at 80 px, float32",
+    "kt_emb_adamw_64_long": "kt_emb_adamw_long with the student fed 64-px faces, float32",
 }
 REFERENCES = ("teacher@112", "teacher@56", "kt_init")
 
 
 def label(row: str) -> str:
-    """What a row is (``LABELS``); ``teacher@<side>`` and ``<arch>@<side>`` for any side."""
+    """What a row is (``LABELS``); ``teacher@<side>``, ``<arch>@<side>`` and
+    ``kt_init_<side>`` for any side."""
+    if (side := row.removeprefix("kt_init_")).isdigit():
+        return f"KT student before training (teacher weights at {side} px)"
     if row not in LABELS and "@" in row:
         who, side = row.split("@")
         who = "teacher" if who == "teacher" else f"{who} teacher (its KT students' own)"
@@ -350,6 +362,9 @@ def write_embedding_kd_report(
     if mixed := sorted({(t["a"], t["b"]) for t in tests} & PRECISION_PAIRS):
         md.append("Pairs that also differ in precision (float32 against bf16 autocast): "
                   + "; ".join(f"{a} vs {b}" for a, b in mixed) + ".\n")  # fmt: skip
+    if sides := sorted({(t["a"], t["b"]) for t in tests} & SIDE_PAIRS):
+        md.append("Pairs of students fed faces of different sides (the same photos in the same "
+                  "order): " + "; ".join(f"{a} vs {b}" for a, b in sides) + ".\n")  # fmt: skip
     md.append("## What the logs show (first → last logged steps, mean over seeds)\n")
     for r, ls in logs.items():
         parts = []

@@ -249,6 +249,8 @@ def evaluate_all(
     if any(_strides(m) for m, _, _ in trained.values()):  # the 7x7-last-map KT start, untrained
         kt_ls1, _ = build_kt_student(teacher, LOW, fc="resize", last_stride=1)
         refs["kt_init_ls1"] = (kt_ls1.eval(), LOW)
+    for side in sorted({side for _, side, _ in trained.values()} - {LOW}) if same_arch else ():
+        refs[f"kt_init_{side}"] = (build_kt_student(teacher, side, fc="resize")[0].eval(), side)
     refs |= {k: v for k, v in others.items() if k.endswith("@112")}
     refs |= {k: v for k, v in others.items() if not k.endswith("@112")}
     models = {name: (m, d, None) for name, (m, d) in refs.items()} | trained

@@ -67,8 +67,12 @@ def test_every_row_has_a_valid_config_and_compared_rows_share_their_batches(tmp_
     for row, cfg in cfgs.items():
         assert cfg.train.seed == cfg.data.seed == 1 and row in ekd.LABELS
     for a, b in ekd.COMPARISONS:  # a paired test needs the same batches and schedule length
-        # the same items in the same order; only the function-matching row views them anew
-        assert dataclasses.replace(cfgs[a].data, augment=cfgs[b].data.augment) == cfgs[b].data
+        # the same items in the same order; only the function-matching row views them anew,
+        # and only the declared side pairs down-sample them to different sides
+        same = {"augment": cfgs[b].data.augment, "student_size": cfgs[b].data.student_size}
+        assert dataclasses.replace(cfgs[a].data, **same) == cfgs[b].data
+        sides = cfgs[a].data.student_size != cfgs[b].data.student_size
+        assert sides == ((a, b) in ekd.SIDE_PAIRS), (a, b)
         assert (cfgs[a].data.augment != cfgs[b].data.augment) == (a == "kt_emb_fm")
         assert cfgs[a].train.steps == cfgs[b].train.steps
         # precision too, unless the pair is declared a float32 / bf16 pair (said in the report)
@@ -110,6 +114,8 @@ def test_students_of_another_teacher_are_compared_with_their_own(tmp_path):
     )
     assert ekd.label("mbf@112").endswith("112-px faces (reference)")
     assert "mbf teacher" in ekd.label("mbf@56") and "56-px" in ekd.label("mbf@56")
+    assert ekd.label("kt_init_80") == "KT student before training (teacher weights at 80 px)"
+    assert ekd.label("kt_init_ls1").startswith("KT student with the 7x7 last map")
     rng = np.random.default_rng(0)
     (tmp_path / "emb").mkdir()
     ref = rng.standard_normal((4, 8))
