@@ -43,6 +43,8 @@ COMPARISONS = (
     ("kt_emb_ls1_long", "kt_emb_adamw_long"),
     ("kt_emb_adamw_64", "scratch_b64_64"),  # higher sides: what 98.5+ on LFW costs
     ("kt_emb_adamw_80", "scratch_b64_80"),
+    ("kt_emb_adamw_64", "kt_emb_adamw_fp32"),  # 64 / 80 against 56 px, the same 800 batches
+    ("kt_emb_adamw_80", "kt_emb_adamw_fp32"),
     ("kt_emb_adamw_64_long", "kt_emb_adamw_long"),  # 64 against 56 px, the same 2,500 batches
 )
 #: compared pairs that also differ in precision (float32 against bf16 autocast): the rows of a
@@ -54,7 +56,11 @@ PRECISION_PAIRS = {
 }
 #: compared pairs whose students are fed faces of different sides (the same photos in the same
 #: order, down-sampled to each student's side): what the side buys on one schedule
-SIDE_PAIRS = {("kt_emb_adamw_64_long", "kt_emb_adamw_long")}
+SIDE_PAIRS = {
+    ("kt_emb_adamw_64", "kt_emb_adamw_fp32"),
+    ("kt_emb_adamw_80", "kt_emb_adamw_fp32"),
+    ("kt_emb_adamw_64_long", "kt_emb_adamw_long"),
+}
 LABELS = {
     "teacher@112": "teacher, 112-px faces (reference)",
     "teacher@56": "teacher fed the same 56-px faces (no training)",
@@ -388,8 +394,9 @@ def write_embedding_kd_report(
     flops = student_gflops(students, prefix, seeds_of)
     md.append(
         f"\nCost per face (`torch.utils.flop_counter`): {flops}"
-        "; the teacher at 112 px 0.442 GFLOPs. Latency of the 56-px network: the 56-px row of "
-        f"`karlekar/report.md`. Command: `{command}`; this report took {wall / 60:.1f} min.\n"
+        "; the teacher at 112 px 0.442 GFLOPs. Latency (eager torch and onnxruntime) of the "
+        "network at each side: `sides/report.md` (`benchmarks/bench_sides.py`). "
+        f"Command: `{command}`; this report took {wall / 60:.1f} min.\n"
     )
     path = out / "report.md"
     path.write_text("\n".join(md))
