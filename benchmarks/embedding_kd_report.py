@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from karlekar_eval import LOW, evaluate_all, log_summary, mcnemar, sign_test
+from karlekar_eval import evaluate_all, log_summary, mcnemar, sign_test
 from karlekar_report import _p, _pm, plot_rows
 
 #: (A, B): does A beat B? Rows trained at the same seeds share starts (within a pair) and
@@ -280,6 +280,20 @@ def student_gflops(students: Path, prefix: str, seeds_of: dict) -> str:
     )
 
 
+def student_sides(students: Path, prefix: str, seeds_of: dict) -> str:
+    """The students' input sides in words: ``"56"``, ``"56, 64 and 80"``."""
+    from facekd.models.checkpoints import load_backbone
+
+    sides = sorted(
+        {
+            load_backbone(students / f"{prefix}{r}_seed{k[0]}.pt").input_size
+            for r, k in seeds_of.items()
+        }
+    )
+    words = [str(s) for s in sides]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def write_embedding_kd_report(
     rows: dict, runs: Path, students: Path, prefix: str, sets, out: Path, times: dict, *,
     prep_seconds: float, wall_start: float, train_cfg: dict, config_of=None,
@@ -315,15 +329,16 @@ def write_embedding_kd_report(
               for r, s in seeds_of.items()}  # fmt: skip
     logs = {r: [log_summary(runs / f"{r}_seed{k}", keys=keys) for k in s]
             for r, s in logged.items() if s}  # fmt: skip
+    at = student_sides(students, prefix, seeds_of)
     plot_rows(
         lines, names, out / "accuracy.png",
-        f"Embedding distillation, legacy MobileFaceNet at {LOW} px: mean ± std over seeds",
+        f"Embedding distillation, legacy MobileFaceNet at {at} px: mean ± std over seeds",
     )  # fmt: skip
     tr, data = train_cfg["train"], train_cfg["data"]
     n_train = sum(1 for _ in Path(data["path"]).rglob("*.jpg"))
     n_ids = sum(1 for d in Path(data["path"]).iterdir() if d.is_dir())
     md = [
-        f"# Embedding distillation on every training photo: the legacy MobileFaceNet at {LOW} px\n",
+        f"# Embedding distillation on every training photo: the legacy MobileFaceNet at {at} px\n",
         f"- Training: {n_train} aligned photos of {n_ids} identities (CelebA-299 + "
         "CelebA-tight-1756, facekd's MTCNN + ArcFace template; tight crops padded 40 %); every "
         f"student (unless its schedule column says otherwise) {tr['steps']} steps of batch "
@@ -331,10 +346,11 @@ def write_embedding_kd_report(
         f"warm-up {tr['warmup_steps']}, cosine decay, {tr['optimizer']}, clip 5, ArcFace "
         "s = 32, m = 0.3 where used (METHODS 2.5). Seed k = one batch order and flip sequence "
         "for every row of a schedule, and one start within each pair.",
-        "- Embedding mimic: `1 - cos(e_s, e_t)` between the student's embedding of the 56-px "
-        "face and the 112-px teacher's (cached, both flip views; `kt_emb_fm`: the teacher run "
-        "online on the same augmented view). L2 on normalised embeddings is the same loss at "
-        "twice the weight (`|a - b|^2 = 2 - 2 cos` for unit vectors).",
+        "- Embedding mimic: `1 - cos(e_s, e_t)` between the student's embedding of the face "
+        f"at its side ({at} px) and the 112-px teacher's (cached, both flip views; "
+        "`kt_emb_fm`: the teacher run online on the same augmented view). L2 on normalised "
+        "embeddings is the same loss at twice the weight (`|a - b|^2 = 2 - 2 cos` for unit "
+        "vectors).",
         '- Verification: insightface protocol, grid thresholds (`verify(thresholds="grid")`), '
         "official folds; " + ", ".join(f"{ps.name} {len(ps)} pairs" for ps in sets) + ".",
         f"- Preparation {prep_seconds:.0f} s of this run; {platform.machine()}, shared machine.\n",

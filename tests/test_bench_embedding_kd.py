@@ -136,3 +136,14 @@ def test_cost_line_groups_rows_by_network_and_counts_the_last_stride(tmp_path):
     assert plain.endswith("GFLOPs (a, b)") and ls1.endswith("GFLOPs (c)") and "last_stride 1" in ls1
     flops = [float(part.split(" GFLOPs")[0].split()[-1]) for part in (plain, ls1)]
     assert 0 < flops[0] < flops[1]  # the 7x7 last map costs more than the 4x4 one
+
+
+def test_report_names_the_students_sides(tmp_path):
+    from facekd.models import build_backbone
+    from facekd.models.checkpoints import save_backbone
+
+    for row, side in (("a", 80), ("b", 56), ("c", 64), ("d", 56)):
+        model = build_backbone("mobilefacenet", width=0.25, input_size=side)
+        save_backbone(model, tmp_path / f"emb_{row}_seed1.pt")
+    assert ekd.student_sides(tmp_path, "emb_", {"b": [1], "d": [1]}) == "56"
+    assert ekd.student_sides(tmp_path, "emb_", {r: [1] for r in "abcd"}) == "56, 64 and 80"
