@@ -46,7 +46,8 @@ def networks(sides) -> dict:
 
 
 def measure(sides, batch_sizes, budget, threads: int, onnx: bool) -> dict:
-    """``{side: {params, gflops, <runtime>_b<B>_ms}}``, every cell timed in one interleaved run."""
+    """``{side: {params, gflops, <runtime>_b<B>_ms}}``; every side of one runtime is timed in
+    the same interleaved rounds, one runtime after the other."""
     from facekd.deploy.export import export_onnx
     from facekd.deploy.latency import ort_compare
     from facekd.evaluation.profile import count_flops, count_parameters

@@ -260,14 +260,21 @@ def sign_test_table(tests) -> list[str]:
     return md
 
 
-def student_gflops(students: Path, prefix: str, seeds_of: dict) -> str:
-    """GFLOPs of one face for each distinct student network among the rows, and its rows."""
-    from facekd.evaluation.profile import count_flops
+def first_students(students: Path, prefix: str, seeds_of: dict) -> dict:
+    """``{row: its first seed's saved student}``: the network each row trained (one load per
+    row, shared by the cost line and the sides named in the report)."""
     from facekd.models.checkpoints import load_backbone
 
+    return {r: load_backbone(students / f"{prefix}{r}_seed{k[0]}.pt") for r, k in seeds_of.items()}
+
+
+def student_gflops(models: dict) -> str:
+    """GFLOPs of one face for each distinct student network among ``{row: model}``, and its
+    rows."""
+    from facekd.evaluation.profile import count_flops
+
     rows_of: dict = {}
-    for row, seeds in seeds_of.items():
-        model = load_backbone(students / f"{prefix}{row}_seed{seeds[0]}.pt")
+    for row, model in models.items():
         key = (model.arch, json.dumps(model.arch_kwargs, sort_keys=True))
         if key not in rows_of:
             rows_of[key] = [count_flops(model, model.input_size) / 1e9, model, []]
@@ -280,17 +287,9 @@ def student_gflops(students: Path, prefix: str, seeds_of: dict) -> str:
     )
 
 
-def student_sides(students: Path, prefix: str, seeds_of: dict) -> str:
-    """The students' input sides in words: ``"56"``, ``"56, 64 and 80"``."""
-    from facekd.models.checkpoints import load_backbone
-
-    sides = sorted(
-        {
-            load_backbone(students / f"{prefix}{r}_seed{k[0]}.pt").input_size
-            for r, k in seeds_of.items()
-        }
-    )
-    words = [str(s) for s in sides]
+def student_sides(models: dict) -> str:
+    """The input sides of ``{row: model}`` in words: ``"56"``, ``"56, 64 and 80"``."""
+    words = [str(s) for s in sorted({m.input_size for m in models.values()})]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
@@ -329,7 +328,8 @@ def write_embedding_kd_report(
               for r, s in seeds_of.items()}  # fmt: skip
     logs = {r: [log_summary(runs / f"{r}_seed{k}", keys=keys) for k in s]
             for r, s in logged.items() if s}  # fmt: skip
-    at = student_sides(students, prefix, seeds_of)
+    networks = first_students(students, prefix, seeds_of)
+    at = student_sides(networks)
     plot_rows(
         lines, names, out / "accuracy.png",
         f"Embedding distillation, legacy MobileFaceNet at {at} px: mean ± std over seeds",
@@ -381,12 +381,16 @@ def write_embedding_kd_report(
             + f" | {mc} | {st['a_better']} / {st['b_better']}, {_p(st['p'])} |"
         )
     md.append("\n" + "\n".join(f"- {verdict(t)}" for t in tests) + "\n")
-    if mixed := sorted({(t["a"], t["b"]) for t in tests} & PRECISION_PAIRS):
-        md.append("Pairs that also differ in precision (float32 against bf16 autocast): "
-                  + "; ".join(f"{a} vs {b}" for a, b in mixed) + ".\n")  # fmt: skip
-    if sides := sorted({(t["a"], t["b"]) for t in tests} & SIDE_PAIRS):
-        md.append("Pairs of students fed faces of different sides (the same photos in the same "
-                  "order): " + "; ".join(f"{a} vs {b}" for a, b in sides) + ".\n")  # fmt: skip
+    compared = {(t["a"], t["b"]) for t in tests}
+    for declared, what in (
+        (PRECISION_PAIRS, "that also differ in precision (float32 against bf16 autocast)"),
+        (
+            SIDE_PAIRS,
+            "of students fed faces of different sides (the same photos in the same order)",
+        ),
+    ):
+        if pairs := sorted(compared & declared):
+            md.append(f"Pairs {what}: " + "; ".join(f"{a} vs {b}" for a, b in pairs) + ".\n")
     md.append("## What the logs show (first → last logged steps, mean over seeds)\n")
     for r, ls in logs.items():
         parts = []
@@ -407,7 +411,7 @@ def write_embedding_kd_report(
                   "earlier session; the saved students are evaluated all the same).")  # fmt: skip
     secs = {k: v for k, v in times.items() if v is not None}
     wall = time.perf_counter() - wall_start
-    flops = student_gflops(students, prefix, seeds_of)
+    flops = student_gflops(networks)
     md.append(
         f"\nCost per face (`torch.utils.flop_counter`): {flops}"
         "; the teacher at 112 px 0.442 GFLOPs. Latency (eager torch and onnxruntime) of the "

@@ -131,7 +131,7 @@ def test_cost_line_groups_rows_by_network_and_counts_the_last_stride(tmp_path):
     for row, kw in (("a", {}), ("b", {}), ("c", {"last_stride": 1})):
         model = build_backbone("mobilefacenet", width=0.25, input_size=56, **kw)
         save_backbone(model, tmp_path / f"emb_{row}_seed0.pt")
-    line = ekd.student_gflops(tmp_path, "emb_", {"a": [0], "b": [0], "c": [0]})
+    line = ekd.student_gflops(ekd.first_students(tmp_path, "emb_", {r: [0] for r in "abc"}))
     plain, ls1 = line.split("; ")
     assert plain.endswith("GFLOPs (a, b)") and ls1.endswith("GFLOPs (c)") and "last_stride 1" in ls1
     flops = [float(part.split(" GFLOPs")[0].split()[-1]) for part in (plain, ls1)]
@@ -145,5 +145,7 @@ def test_report_names_the_students_sides(tmp_path):
     for row, side in (("a", 80), ("b", 56), ("c", 64), ("d", 56)):
         model = build_backbone("mobilefacenet", width=0.25, input_size=side)
         save_backbone(model, tmp_path / f"emb_{row}_seed1.pt")
-    assert ekd.student_sides(tmp_path, "emb_", {"b": [1], "d": [1]}) == "56"
-    assert ekd.student_sides(tmp_path, "emb_", {r: [1] for r in "abcd"}) == "56, 64 and 80"
+    both56 = ekd.first_students(tmp_path, "emb_", {"b": [1], "d": [1]})
+    assert ekd.student_sides(both56) == "56"
+    every = ekd.first_students(tmp_path, "emb_", {r: [1] for r in "abcd"})
+    assert ekd.student_sides(every) == "56, 64 and 80"

@@ -60,8 +60,8 @@ def ort_compare(
     gen = torch.Generator().manual_seed(0)
     out: dict[str, dict[int, Latency]] = {name: {} for name in models}
     try:
+        sides = sorted(set(sizes.values()))
         for b in batch_sizes:
-            sides = sorted(set(sizes.values()))
             faces = {s: torch.rand(b, 3, s, s, generator=gen) * 2 - 1 for s in sides}
             steps = [
                 _make_step(m.eval(), faces[sizes[name]], "fp32")
