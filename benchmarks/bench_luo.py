@@ -77,15 +77,17 @@ def row_config(row: str, seed: int, work: Path, quick: bool, steps: int | None) 
 
 def ensure_selection(work: Path) -> Path:
     """Luo et al.'s selection on the cached teacher embeddings of every labelled photo."""
-    from facekd.data.folder import ImageFolderDataset
+    from facekd.data.folder import ImageFolderDataset, exclusion_list
     from facekd.teachers.select_neurons import run_selection
 
     path = runs_dir(work) / "selection.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         k = round(0.824 * TEACHER_DIM)  # the paper's 422 of 512 outputs
-        sel = run_selection(None, ImageFolderDataset(work / "train_all"), path,
-                            teacher_cache=work / "teacher_cache_all", k=k)  # fmt: skip
+        # the identities every real-data run holds out (dev split, evaluation look-alikes)
+        exclude = exclusion_list(str(real.EXCLUDE), "folder")
+        data = ImageFolderDataset(work / "train_all", exclude=exclude)
+        sel = run_selection(None, data, path, teacher_cache=work / "teacher_cache_all", k=k)
         print(f"neuron selection: kept {len(sel.indices)} of {len(sel.q)} teacher neurons")
     return path
 

@@ -42,6 +42,8 @@ LFW = DATA / "lfw-mini"
 CFP = DATA / "cfp-mini"
 TEACHER = DATA / "insightface-mobilefacenet-legacy" / "model"
 CONFIGS = ROOT / "benchmarks" / "configs" / "real"
+#: dev identities + training people matched to an evaluation person (benchmarks/sets/README.md)
+EXCLUDE = ROOT / "benchmarks" / "sets" / "exclude_identities.txt"
 #: run order: "embedding" first builds the teacher cache every other run reuses
 METHODS = (
     "scratch", "embedding", "hr_lr_pooled", "triplet", "neuron_selection", "hinton",
@@ -80,6 +82,9 @@ def method_config(
     common = yaml.safe_load((configs / "common.yaml").read_text())
     own = yaml.safe_load((configs / f"{method}.yaml").read_text()) or {}
     cfg = fill(merge(common, own), work=str(work), teacher=str(TEACHER), data=str(DATA))
+    # held out of every real-data run unless a config says otherwise: the dev split's people
+    # and the CelebA people matched to a CFP / LFW-mini person (bench_identity_overlap.py)
+    cfg["data"].setdefault("exclude_identities", str(EXCLUDE))
     cfg["out_dir"] = str(work / "students" / method)
     if steps:
         cfg["train"]["steps"] = steps
@@ -185,10 +190,12 @@ def train_students(methods, work: Path, quick: bool, steps: int | None) -> dict[
 
 def select_neurons(work: Path, cfg) -> None:
     """Luo et al.'s selection on the cached teacher embeddings, identity-label criterion."""
-    from facekd.data.folder import ImageFolderDataset
+    from facekd.data.folder import ImageFolderDataset, exclusion_list
     from facekd.teachers.select_neurons import run_selection
 
-    dataset = ImageFolderDataset(cfg.data.path)
+    # the training run's own identities: the held-out ones stay out of the selection too
+    exclude = exclusion_list(cfg.data.exclude_identities, "folder")
+    dataset = ImageFolderDataset(cfg.data.path, exclude=exclude)
     k = round(0.824 * 128)  # the paper's 422 of 512 outputs, on the teacher's 128
     sel = run_selection(
         None, dataset, work / "selection.json", teacher_cache=cfg.teacher.cache, k=k

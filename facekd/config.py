@@ -250,6 +250,12 @@ class DataSpec:
     # keep labels for identities 0..N-1 only, the rest unlabelled (-1): a transfer set with
     # scarce labels (Hinton et al. 2015; facekd.data.partial_labels); null: all labels
     labelled_identities: int | None = None
+    # held-out (dev-split) identities that never reach training, the teacher cache or a fitted
+    # head: a list of names (identity folder names for "folder"; integer labels, as ints or
+    # strings, for "recordio") or the path of a UTF-8 file with one name per line (blank lines
+    # and "#" comments skipped). Names absent from the data are fine (a dev list spans
+    # sources); excluding every identity is an error. Folder labels: sorted kept names.
+    exclude_identities: list[str | int] | str | None = None
     augment: dict = dataclasses.field(default_factory=lambda: {"flip_p": 0.5})
     sampler: Literal["shuffled", "pk"] = "shuffled"
     batch_size: int = 64  # per rank; for "pk" batches are p * k

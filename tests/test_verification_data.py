@@ -293,7 +293,7 @@ def test_centre_crop_maps_the_centred_square():
 
 class _EdgeShyDetector:
     """Finds the centred face in even-numbered calls' images and in any padded (>160 px)
-    image: the odd 160 px images are 'tight crops' that need the padded retry."""
+    image: the odd 160 px images are 'tight crops' that need the second, padded look."""
 
     def detect(self, images):
         return [
@@ -302,25 +302,27 @@ class _EdgeShyDetector:
         ]
 
 
-def test_build_bin_with_retry_fallback_and_fold_major(tmp_path):
+def test_build_bin_with_context_fallback_and_fold_major(tmp_path):
     images = _images(4, 160)
     paths = [str(tmp_path / f"{i}.png") for i in range(4)]
     for path, im in zip(paths, images, strict=True):
         cv2.imwrite(path, cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     ps = PairSet(paths, [[0, 1], [2, 3], [0, 3]], [True, False, False], [1, 0, 0], "t")
     det = _EdgeShyDetector()
-    report = build_bin(ps, tmp_path / "t.bin", detector=det, batch_size=4, retry_pad=0)
+    report = build_bin(ps, tmp_path / "t.bin", detector=det, batch_size=4, context_looks=())
     assert report.no_face == [paths[1], paths[3]] and report.n_pairs == 3
     out = read_bin(tmp_path / "t.bin")
     assert out.issame.tolist() == [False, False, True]  # fold 0 pairs first
     assert all(decode_image(b).shape == (112, 112, 3) for b in out.images)
     # order 2,3 | 0,3 | 0,1: each image encoded once and reused
     assert out.images[1] == out.images[3] and out.images[2] == out.images[4]
-    # the padded retry finds image 1; its landmarks come back to original coordinates
-    report = build_bin(ps, tmp_path / "r.bin", detector=det, batch_size=4, retry_pad=0.25)
-    assert report.no_face == []
-    lm = centre_landmarks((240, 240), 0.5) - 40  # padded 40 px on each side
-    want = cv2.imdecode(np.frombuffer(encode_image(norm_crop(images[1], lm)), np.uint8), 1)
+    # the second look on the edge-padded photo (0.4 x 160 = 64 px a side) finds image 1;
+    # landmarks come back to the photo's own pixels and the crop is cut from the photo
+    looks = (("replicate", 0.4),)
+    report = build_bin(ps, tmp_path / "r.bin", detector=det, batch_size=4, context_looks=looks)
+    assert report.no_face == [] and report.context == [paths[1], paths[3]]
+    want_crop = norm_crop(images[1], centre_landmarks((288, 288), 0.5) - 64)
+    want = cv2.imdecode(np.frombuffer(encode_image(want_crop), np.uint8), 1)
     got = read_bin(tmp_path / "r.bin").images[5]
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(got, np.uint8), 1), want)
 

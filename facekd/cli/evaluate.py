@@ -129,13 +129,13 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Accuracy per verification set (and at low resolution), compression ratio and speed-up."""
-    from facekd.data.verification import read_bin
+    from facekd.data.set_manifest import load_set
     from facekd.evaluation.bench import run_benchmark
 
     if not args.bin and not args.ijb:
         raise UsageError("give at least one --bin verification file or --ijb")
-    try:
-        sets = [read_bin(path) for path in args.bin]
+    try:  # with a manifest beside it: distinct faces + identities (all-pairs TAR@FAR)
+        sets = [load_set(path) for path in args.bin]
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from None
     models = {"teacher": (build_model(args.teacher), args.teacher)}

@@ -106,18 +106,27 @@ def _add_select(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attributes", help="CelebA list_attr_celeba.txt or a CSV of binary attributes")
     p.add_argument("--k", type=_positive_int, help="neurons to keep (default: 0.824 x D)")
     p.add_argument("--max-images", type=_positive_int, help="use at most this many images")
+    p.add_argument(
+        "--exclude-identities",
+        metavar="FILE",
+        help="held-out identity folder names, one a line (as data.exclude_identities)",
+    )
 
 
 def cmd_select_neurons(args: argparse.Namespace) -> int:
     """Neuron selection (Luo et al. 2016) on the teacher's embedding; saves indices + statistics."""
-    from facekd.data.folder import ImageFolderDataset
+    from facekd.data.folder import ImageFolderDataset, exclusion_list
     from facekd.teachers.select_neurons import run_selection
 
+    try:  # the same list and checks as data.exclude_identities
+        exclude = exclusion_list(args.exclude_identities, "folder")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     teacher = build_model(args.teacher)
     extra = {"k": args.k} if args.k else {}
     sel = run_selection(
         teacher,
-        ImageFolderDataset(args.data),
+        ImageFolderDataset(args.data, exclude=exclude),
         args.out,
         attribute_file=args.attributes,
         max_images=args.max_images,

@@ -14,11 +14,11 @@
   ``truncated``, ``empty``, ``too_small``, ``no_face``, ``small_face``) in
   ``DST/align_report.json``, together with counts.
 * ``landmarks``: given five points per photo (e.g. IJB-C's ``name_5pts_score``) skip detection.
-* ``pad``: tight face crops (CelebA's, roughly eyebrows to chin) leave MTCNN no context and the
-  template's margins outside the photo; ``pad=0.4`` adds 40 % of each side by replicating the
-  edge pixels before detection, so the detector finds the face and the aligned crop's margins
-  are edge colours, not black (replicate, not mirror: a mirrored border can hold a second,
-  phantom face). Given landmarks refer to the unpadded photo and are shifted accordingly.
+* Tight face crops (CelebA's, roughly eyebrows to chin) are handled from the data: a photo
+  with no face, or whose face box leaves the frame, is detected again inside an edge-replicated
+  border (``facekd.data.detect.detect_with_context``) and cut with a replicated border.
+  ``pad=0.4`` still pads *every* photo by 40 % of each side first (e.g. with given landmarks,
+  which refer to the unpadded photo and are shifted accordingly).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from facekd.data.align import norm_crop
+from facekd.data.align import pad_photo
+from facekd.data.detect import Detection, detect_with_context
 from facekd.data.transforms import PhotoError, read_photo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -72,18 +73,6 @@ class AlignReport:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         os.replace(tmp, path)
-
-
-def pad_photo(img: np.ndarray, pad: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """``img`` (H, W, 3) with ``pad`` x its height / width added on each side by edge
-    replication; returns the padded photo and the ``(dx, dy)`` offset of the original."""
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0 (a fraction of each side), got {pad}")
-    h, w = img.shape[:2]
-    dy, dx = round(pad * h), round(pad * w)
-    if dx == dy == 0:
-        return img, (0, 0)
-    return cv2.copyMakeBorder(img, dy, dy, dx, dx, cv2.BORDER_REPLICATE), (dx, dy)
 
 
 class _Photos(torch.utils.data.Dataset):
@@ -163,20 +152,23 @@ def _find_faces(
     landmarks: Mapping[str, np.ndarray] | None,
     detector,
     min_face: float,
-) -> list[list[np.ndarray] | None]:
-    """Per decoded photo, the five-point landmarks of each face to crop: the given
-    ``landmarks`` shifted by the padding ``offsets`` (``[]`` when a photo has none), else
-    MTCNN's faces of at least ``min_face`` px; ``None`` when MTCNN found faces but all smaller."""
+) -> list[list[Detection] | None]:
+    """Per decoded photo, the faces to crop: the given ``landmarks`` shifted by the padding
+    ``offsets`` (``[]`` when a photo has none), else MTCNN's faces of at least ``min_face`` px
+    (``detect_with_context``: a tight photo is detected again with an edge-replicated border);
+    ``None`` when MTCNN found faces but all smaller."""
     if landmarks is not None:
         return [
-            [np.asarray(landmarks[n], np.float64) + offsets[n]] if n in landmarks else []
+            [Detection(np.zeros(4), 1.0, np.asarray(landmarks[n], np.float64) + offsets[n])]
+            if n in landmarks
+            else []
             for n, _ in good
         ]
-    found = detector.detect([img for _, img in good]) if good else []
+    found = detect_with_context(detector, [img for _, img in good]) if good else []
     faces = []
     for dets in found:
         big = [d for d in dets if d.size >= min_face]
-        faces.append([d.landmarks for d in big] if big or not dets else None)
+        faces.append(big if big or not dets else None)
     return faces
 
 
@@ -235,10 +227,8 @@ def align_tree(
                     "no landmarks given" if landmarks else "MTCNN found none"
                 )
             else:
-                for k, lm in enumerate(lms):
-                    _write_atomic(
-                        _out_path(dst, stems[name], fmt, k), norm_crop(img, lm, size), fmt
-                    )
+                for k, det in enumerate(lms):
+                    _write_atomic(_out_path(dst, stems[name], fmt, k), det.crop(img, size), fmt)
                 report.written += 1
                 report.failed.pop(name, None)
         bar.update(len(chunk))

@@ -13,25 +13,58 @@ landmarks in the ArcFace template order: left eye, right eye, nose, left / right
 * ``"largest"``: the biggest box; ``"score"``: the most confident; ``"all"``: every face.
 
 No face gives an empty list: callers decide (the aligner records it as "no face").
+
+**Tight crops** (CFP, CelebA's "tight" photos, ID-card scans) leave MTCNN no context: its box
+runs off the photo (y1 = -17 ... -141 px on CFP) and the landmarks land on the forehead or
+bunch mid-face, so the aligned crop shows a shrunken, shifted face; some faces are not found at
+all. ``detect_with_context`` decides from the data, per photo: whenever a photo has no face, or
+its kept face's box leaves the photo, it looks again at the photo padded by edge replication
+(``CONTEXT_LOOKS``: 0.4 x each side; replicate, not mirror: a mirrored border can hold a phantom
+face), then, if that finds nothing, inside a black border (0.25 x each side). The answer is
+kept, marked ``padded``, in the photo's own pixels. The crop is still cut from the photo with
+insightface's black border: measured on CFP-FP folds 01-02 (legacy InsightFace MobileFaceNet,
+grid accuracy), cutting with a replicated border instead loses 2.3 points (87.43 vs 89.71): the
+smeared edges look like no face the model was trained on. Photos whose faces sit inside the
+frame (all 1,583 photos of LFW-mini) are looked at once, so their crops do not change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from facekd.data.align import norm_crop, pad_photo
+
 POLICIES = ("center", "largest", "score", "all")
+#: the second and third looks at a photo that needs context: (border, fraction of each side).
+#: Replicated edges give MTCNN a plausible surround (CelebA-tight: 59 of 60 faces found at
+#: 0.4); a black border finds some faces the smeared one hides (CFP-FP-mini: 12 -> 7 misses).
+CONTEXT_LOOKS = (("replicate", 0.4), ("constant", 0.25))
 
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected face: ``box`` (4,) x1, y1, x2, y2; ``score`` in [0, 1]; ``landmarks`` (5, 2)."""
+    """One detected face: ``box`` (4,) x1, y1, x2, y2; ``score`` in [0, 1]; ``landmarks`` (5, 2),
+    all in pixels of the photo as given. ``padded``: found on a padded photo
+    (``detect_with_context``): the photo alone gave no face, or a box off the frame."""
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    padded: bool = False
+
+    def leaves(self, shape: tuple[int, ...]) -> bool:
+        """True when the box runs off a photo of ``shape`` (H, W, ...)."""
+        h, w = shape[:2]
+        x1, y1, x2, y2 = self.box
+        return bool(x1 < 0 or y1 < 0 or x2 > w or y2 > h)
+
+    def crop(self, image: np.ndarray, size: int = 112, border: str = "constant") -> np.ndarray:
+        """The aligned ``size`` x ``size`` crop of ``image`` (``norm_crop``; black border by
+        default, as insightface, see the module docstring)."""
+        return norm_crop(image, self.landmarks, size, border)
 
     @property
     def size(self) -> float:
@@ -125,3 +158,40 @@ class FaceDetector:
             select_faces(faces, img.shape, self.policy)
             for img, faces in zip(images, self.detect_all(images), strict=True)
         ]
+
+
+def _needs_context(faces: list[Detection], shape: tuple[int, ...]) -> bool:
+    return not faces or any(f.leaves(shape) for f in faces)
+
+
+def detect_with_context(detector, images: list[np.ndarray], looks=CONTEXT_LOOKS):
+    """``detector.detect(images)``, with more looks at every photo that needs context.
+
+    A photo with no face, or whose kept face's box leaves the photo, is detected again after
+    ``pad_photo(image, fraction, border)`` for each ``(border, fraction)`` of ``looks`` in turn
+    until one finds a face; its boxes and landmarks are shifted back to the photo's own pixels
+    and marked ``padded``. When no look finds a face the first answer stands. ``looks=()``
+    turns this off. ``detector`` is anything with ``detect(list of RGB arrays) ->
+    list[list[Detection]]``.
+    """
+    faces = detector.detect(images)
+    todo = [k for k, img in enumerate(images) if _needs_context(faces[k], img.shape)]
+    for border, fraction in looks:
+        if not todo:
+            break
+        padded = [pad_photo(images[k], fraction, border) for k in todo]
+        again = detector.detect([img for img, _ in padded])
+        missed = []
+        for k, (_, (dx, dy)), found in zip(todo, padded, again, strict=True):
+            if not found:
+                missed.append(k)
+                continue
+            shift = np.array([dx, dy], np.float64)
+            faces[k] = [
+                replace(
+                    f, box=f.box - np.tile(shift, 2), landmarks=f.landmarks - shift, padded=True
+                )
+                for f in found
+            ]
+        todo = missed
+    return faces

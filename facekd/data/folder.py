@@ -6,6 +6,10 @@ sorting the identity folder names (Python string order, as ``ImageFolder`` does)
 mapping does not depend on the file system's listing order; it can be saved as JSON and passed
 back so that training, evaluation and the teacher cache agree on every label.
 
+``exclude`` drops held-out identities (a dev split) before any label is assigned, so they can
+never reach training, the teacher cache or a fitted head; ``load_identity_list`` reads such a
+list from a text file (``data.exclude_identities`` in a config).
+
 ``make_item`` is the one place where a decoded face becomes a data-set item
 (``facekd.data.batching``): the RecordIO data set uses it too.
 """
@@ -13,7 +17,7 @@ back so that training, evaluation and the teacher cache agree on every label.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +93,37 @@ def load_class_map(path: str | Path) -> dict[str, int]:
     return _checked_map(data, str(path))
 
 
+def load_identity_list(path: str | Path) -> list[str]:
+    """Identity names from a UTF-8 text file, one per line (surrounding whitespace stripped);
+    blank lines and lines starting with ``#`` are skipped, a byte-order mark is tolerated."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def exclusion_list(spec: list | str | None, source: str) -> list[str]:
+    """``data.exclude_identities`` as names: a list as given, a string read as a list file.
+
+    A missing file is a ``ValueError`` naming it (training without the exclusion would leak
+    dev identities silently). For a ``folder`` source, numbers in a list are refused: YAML
+    reads an unquoted ``0001`` as the int 1, which would never match the folder name.
+    """
+    key = "data.exclude_identities"
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Path)):
+        if not Path(spec).is_file():
+            raise ValueError(f"{key}: identity list file not found: {spec}")
+        return load_identity_list(spec)
+    numbers = [v for v in spec if not isinstance(v, str)]
+    if numbers and source == "folder":
+        raise ValueError(
+            f"{key}: {numbers[:3]} are numbers; quote identity folder names in YAML "
+            "(an unquoted 0001 reads as 1)"
+        )
+    return [str(v) for v in spec]
+
+
 def _checked_map(mapping: Mapping, source: str) -> dict[str, int]:
     out = {}
     for name, label in mapping.items():
@@ -110,9 +145,14 @@ class ImageFolderDataset(Dataset):
         class_to_label: ``{folder name: label}`` (or the path of a JSON file from
             ``save_class_map``) to reuse the labels of another run. Default: folder names
             sorted, labelled ``0..C-1``. A folder missing from a given map is an error.
+        exclude: identity folder names to leave out entirely (held-out identities). They are
+            dropped before labels are assigned, so the default labels are the *kept* names
+            sorted, ``0..K-1``; a given class map keeps its labels (an excluded identity in it
+            just has no images). Names not under ``root`` are ignored.
 
     Attributes:
-        classes: identity folder names found under ``root``, sorted.
+        classes: identity folder names found under ``root`` and kept, sorted.
+        excluded_identities: the folder names actually excluded, sorted (``num_excluded``).
         class_to_label: the mapping in use.
         samples: ``[(path, label), ...]``, sorted by identity then file name.
         labels: ``(N,)`` int64 labels in item order (for ``PKBatchSampler``).
@@ -128,6 +168,7 @@ class ImageFolderDataset(Dataset):
         transform: Transform | None = None,
         *,
         class_to_label: Mapping[str, int] | str | Path | None = None,
+        exclude: Iterable[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.transform = transform
@@ -139,6 +180,16 @@ class ImageFolderDataset(Dataset):
                 f"no identity folders in {self.root}: expected root/<identity>/<image> "
                 f"with images {', '.join(IMAGE_EXTENSIONS)}"
             )
+        if isinstance(exclude, (str, Path)):  # iterating a path would exclude its letters
+            raise TypeError("exclude takes identity names; read a file with load_identity_list")
+        excluded = frozenset(str(name) for name in exclude or ())
+        self.excluded_identities = [p.name for p in folders if p.name in excluded]
+        if len(self.excluded_identities) == len(folders):
+            raise ValueError(
+                f"all {len(folders)} identity folders of {self.root} are excluded (exclude / "
+                "data.exclude_identities): nothing is left to train on"
+            )
+        folders = [p for p in folders if p.name not in excluded]
         self.classes = [p.name for p in folders]
         if class_to_label is None:
             self.class_to_label = {name: i for i, name in enumerate(self.classes)}
@@ -170,6 +221,11 @@ class ImageFolderDataset(Dataset):
     def num_classes(self) -> int:
         return max(self.class_to_label.values()) + 1
 
+    @property
+    def num_excluded(self) -> int:
+        """How many identity folders under ``root`` were excluded."""
+        return len(self.excluded_identities)
+
     def save_classes(self, path: str | Path) -> None:
         """Write the class map as JSON (pass it back as ``class_to_label`` in other runs)."""
         save_class_map(self.class_to_label, path)
@@ -186,16 +242,21 @@ class ImageFolderDataset(Dataset):
     def manifest(self) -> dict:
         """What the teacher cache keys this data set on (``facekd.data.manifest``): the root
         (resolved) and, per image, its path relative to the root, size and mtime in ns, so a
-        re-aligned folder with the same layout is told apart from the one a cache was built on."""
+        re-aligned folder with the same layout is told apart from the one a cache was built on.
+        Excluded identities are listed too (only when there are some, so the manifests and
+        caches of runs without exclusions are unchanged)."""
         files = []
         for path, label in self.samples:
             st = path.stat()
             relative = path.relative_to(self.root).as_posix()
             files.append([relative, st.st_size, st.st_mtime_ns, label])
-        return {"kind": "folder", "path": str(self.root.resolve()), "files": files}
+        out = {"kind": "folder", "path": str(self.root.resolve()), "files": files}
+        if self.excluded_identities:
+            out["excluded_identities"] = list(self.excluded_identities)
+        return out
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, "
-            f"identities={len(self.classes)})"
+            f"identities={len(self.classes)}, excluded={self.num_excluded})"
         )

@@ -121,7 +121,9 @@ def read_lfw_pairs(
         folds.append(fold)
     if check_files:
         check_images_exist(images.paths, path)
-    return PairSet(images.paths, np.array(pairs), issame, folds, "lfw")
+    # LFW's layout <root>/<Name>/<Name>_<NNNN>.jpg: the folder is the identity
+    identities = [Path(p).parent.name for p in images.paths]
+    return PairSet(images.paths, np.array(pairs), issame, folds, "lfw", identities)
 
 
 def read_xlfw_pairs(
@@ -220,4 +222,8 @@ def read_cfp_pairs(
                 folds.append(fold)
     if check_files:
         check_images_exist(images.paths, split)
-    return PairSet(images.paths, np.array(pairs), issame, folds, f"cfp_{protocol.lower()}")
+    # Data/Images/<id>/{frontal,profile}/NN.jpg: the grandparent folder is the identity
+    identities = [Path(p).parent.parent.name for p in images.paths]
+    return PairSet(
+        images.paths, np.array(pairs), issame, folds, f"cfp_{protocol.lower()}", identities
+    )

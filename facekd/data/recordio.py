@@ -16,6 +16,7 @@ import hashlib
 import operator
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -225,6 +226,24 @@ def read_property(path: str | Path) -> tuple[int, tuple[int, int]]:
     return n, (h, w)
 
 
+def _label_set(exclude: Iterable[int | str]) -> set[int]:
+    """Integer labels from ints or digit strings (a ``.rec`` names identities by number)."""
+    if isinstance(exclude, (str, bytes, Path)):
+        raise TypeError(
+            "exclude takes labels; read a file with facekd.data.folder.load_identity_list"
+        )
+    out = set()
+    for value in exclude:
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.lstrip("-").isdigit():
+            raise ValueError(
+                f"recordio identities are integer labels; cannot exclude {value!r} "
+                "(data.exclude_identities holds label numbers for data.source=recordio)"
+            )
+        out.add(int(text))
+    return out
+
+
 class RecordIODataset(Dataset):
     """An InsightFace RecordIO training set (``train.rec``, ``train.idx``, optional ``property``).
 
@@ -239,6 +258,13 @@ class RecordIODataset(Dataset):
     order), so indices agree with arcface_torch's ``MXFaceDataset``. ``labels`` reads only the
     IRHeader of each record (one small read per image, cached): no image is decoded.
     Labels must be integers in ``[0, num_classes)`` when ``property`` gives ``num_classes``.
+
+    ``exclude`` (integer labels, as ints or digit strings) drops the images of held-out
+    identities: their keys leave ``keys``, so items are re-indexed over the kept images and
+    excluded pixels are never read. Labels are the records' own and are not renumbered (they
+    are what the ``.rec`` says), and ``num_classes`` stays the full count: an excluded label
+    is a classifier row with no images. ``excluded_identities`` lists the labels actually
+    present and dropped; labels absent from the file are ignored.
     """
 
     def __init__(
@@ -247,6 +273,7 @@ class RecordIODataset(Dataset):
         transform: Transform | None = None,
         *,
         idx_path: str | Path | None = None,
+        exclude: Iterable[int | str] | None = None,
     ) -> None:
         path = Path(path)
         rec_path = path / "train.rec" if path.is_dir() else path
@@ -271,6 +298,25 @@ class RecordIODataset(Dataset):
             read_property(prop) if prop.is_file() else (None, None)
         )
         self._labels: np.ndarray | None = None
+        self._full_classes: int | None = None  # num_classes before an exclusion (no property)
+        self.excluded_identities: list[int] = []
+        if exclude is not None:
+            self._exclude(_label_set(exclude))
+
+    def _exclude(self, wanted: set[int]) -> None:
+        """Drop the keys whose label is in ``wanted`` (reads every record header once)."""
+        if not wanted:
+            return
+        labels = self.labels
+        drop = np.isin(labels, np.fromiter(wanted, np.int64, len(wanted)))
+        if drop.all():
+            raise ValueError(
+                f"every image of {self.reader.rec_path} belongs to an excluded identity "
+                "(exclude / data.exclude_identities): nothing is left to train on"
+            )
+        self._full_classes = int(labels.max()) + 1 if len(labels) else 0
+        self.excluded_identities = sorted(set(labels[drop].tolist()))
+        self.keys, self._labels = self.keys[~drop], labels[~drop]
 
     def _label(self, header: IRHeader, key: int) -> int:
         value = float(header.label if header.flag == 0 else header.label[0])
@@ -297,6 +343,8 @@ class RecordIODataset(Dataset):
             return self.declared_classes
         if self.header_range is not None and self.header_range[1] > self.header_range[0]:
             return self.header_range[1] - self.header_range[0]
+        if self._full_classes is not None:
+            return self._full_classes
         return int(self.labels.max()) + 1 if len(self) else 0
 
     def __len__(self) -> int:
@@ -321,14 +369,15 @@ class RecordIODataset(Dataset):
     def manifest(self) -> dict:
         """What the teacher cache keys this data set on (``facekd.data.manifest``): the ``.rec``
         path (resolved), its size and mtime, a hash of the ``.idx`` and one of every record
-        header (label, id) in item order; no image is decoded."""
+        header (label, id) in item order (the kept ones: excluded labels are listed too, when
+        there are some); no image is decoded."""
         st = self.reader.rec_path.stat()
         headers = hashlib.sha256()
         for key in self.keys.tolist():
             h = self.reader.read_header(key)
             headers.update(f"{key}:{self.reader.offset(key)}:{h.flag}:{h.id}:{h.id2}:".encode())
             headers.update(np.asarray(h.label, dtype=np.float64).tobytes())
-        return {
+        out = {
             "kind": "recordio",
             "path": str(self.reader.rec_path.resolve()),
             "rec_size": st.st_size,
@@ -337,6 +386,9 @@ class RecordIODataset(Dataset):
             "headers_sha256": headers.hexdigest(),
             "count": len(self),
         }
+        if self.excluded_identities:
+            out["excluded_labels"] = list(self.excluded_identities)
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.reader.rec_path)!r}, images={len(self)})"

@@ -281,4 +281,5 @@ def synthetic_pairset(
                 pairs.append((a * images_per_identity + i, b * images_per_identity + j))
                 issame.append(same)
                 folds.append(fold)
-    return PairSet(images, np.array(pairs), np.array(issame), np.array(folds), name="synthetic")
+    ids = [str(identity_offset + k // images_per_identity) for k in range(len(images))]
+    return PairSet(images, np.array(pairs), np.array(issame), np.array(folds), "synthetic", ids)

@@ -105,6 +105,9 @@ class PairSet:
             source defines none (``.bin`` files: insightface splits them into 10 contiguous
             blocks in file order instead).
         name: a label for reports (``"lfw"``, ``"cfp_fp"``, ...).
+        identities: optional ``M`` identity names, one per image (pair lists know them; a
+            ``.bin`` alone does not, its manifest does): they give the all-pairs protocol
+            (every mated and non-mated pair of the set's faces, ``facekd.evaluation.all_pairs``).
     """
 
     images: list
@@ -112,6 +115,7 @@ class PairSet:
     issame: np.ndarray
     folds: np.ndarray
     name: str = ""
+    identities: list | None = None
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
@@ -125,6 +129,22 @@ class PairSet:
             )
         if n and (self.pairs.min() < 0 or self.pairs.max() >= len(self.images)):
             raise ValueError(f"pair set {self.name!r}: pair indices outside 0..{len(self.images)}")
+        if self.identities is not None:
+            self.identities = [str(x) for x in self.identities]
+            if len(self.identities) != len(self.images):
+                raise ValueError(
+                    f"pair set {self.name!r}: {len(self.identities)} identities for "
+                    f"{len(self.images)} images"
+                )
+            same = np.array([self.identities[i] == self.identities[j] for i, j in self.pairs])
+            if n and (same != self.issame).any():
+                k = int(np.flatnonzero(same != self.issame)[0])
+                a, b = (self.identities[i] for i in self.pairs[k])
+                raise ValueError(
+                    f"pair set {self.name!r}: pair {k} is labelled "
+                    f"{'same' if self.issame[k] else 'different'} but its identities are "
+                    f"{a!r} and {b!r}"
+                )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -140,8 +160,25 @@ class PairSet:
             return self
         order = np.argsort(self.folds, kind="stable")
         return PairSet(
-            self.images, self.pairs[order], self.issame[order], self.folds[order], self.name
+            self.images,
+            self.pairs[order],
+            self.issame[order],
+            self.folds[order],
+            self.name,
+            self.identities,
         )
+
+    def used_only(self) -> PairSet:
+        """The same protocol over only the images some pair uses (a ``.bin`` holds no others),
+        in their original order."""
+        used = np.unique(self.pairs)
+        if len(used) == len(self.images):
+            return self
+        new = np.full(len(self.images), -1)
+        new[used] = np.arange(len(used))
+        ids = [self.identities[i] for i in used] if self.identities is not None else None
+        images = [self.images[i] for i in used]
+        return PairSet(images, new[self.pairs], self.issame, self.folds, self.name, ids)
 
     def pair_images(self) -> list:
         """The ``2 N`` image references in ``.bin`` order (pair ``k`` -> items ``2k, 2k+1``)."""

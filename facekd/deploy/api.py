@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from facekd.data.align import norm_crop
+from facekd.data.detect import detect_with_context
 from facekd.evaluation.embed import extract_embeddings
 from facekd.runtime import tune_cpu
 from facekd.search.sidecar import DEFAULT_THRESHOLD
@@ -111,14 +111,15 @@ class FaceModel:
                 from facekd.data.detect import FaceDetector
 
                 self._detector = FaceDetector(policy=self.policy)
-            found = self._detector.detect([rgb[i] for i in todo])
+            # a tight photo (face box off the frame) is looked at again with an edge-padded border
+            found = detect_with_context(self._detector, [rgb[i] for i in todo])
             for i, dets in zip(todo, found, strict=True):
                 if not dets:
                     raise NoFaceError(
                         f"no face found in image {i} ({rgb[i].shape[1]}x"
                         f"{rgb[i].shape[0]} px); pass aligned=True for crops"
                     )
-                rgb[i] = norm_crop(rgb[i], dets[0].landmarks, ALIGN_SIZE)
+                rgb[i] = dets[0].crop(rgb[i], ALIGN_SIZE)
         for i, im in enumerate(rgb):
             if im.shape[0] != im.shape[1]:
                 raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]}: not a square crop")

@@ -4,9 +4,10 @@ Input: ``SRC`` walked at any depth (``align_tree.list_images``: jpg / jpeg / png
 Each file is decoded strictly (``transforms.read_photo``, in DataLoader workers) and then
 
 * ``aligned=True``: used as an aligned crop (it must be square; resized to the model's input);
-* ``aligned=False`` (raw photos): MTCNN (``detect.FaceDetector``, ``policy`` picks one face)
-  and five-point alignment (``align.norm_crop``) to a ``align_size`` crop, exactly as
-  ``facekd align`` does, then embedded.
+* ``aligned=False`` (raw photos): MTCNN (``detect.FaceDetector``, ``policy`` picks one face;
+  a tight photo whose face box leaves the frame is detected again with an edge-padded border,
+  ``detect.detect_with_context``) and five-point alignment (``align.norm_crop``) to a
+  ``align_size`` crop, exactly as ``facekd align`` does, then embedded.
 
 Embeddings come from ``extract_embeddings`` (the one path: flip-sum by default, L2-normalised,
 float32), through torch (checkpoint / name) or onnxruntime (``.onnx``).
@@ -42,8 +43,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from facekd.data.align import norm_crop
 from facekd.data.align_tree import _Photos, list_images
+from facekd.data.detect import detect_with_context
 from facekd.evaluation.embed import extract_embeddings, fold_batchnorm, prefers_channels_last
 from facekd.runtime import tune_cpu, worker_init
 
@@ -155,7 +156,8 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
                 else:
                     yield n, np.array(img), None  # writable (PIL arrays are read-only)
             continue
-        found = detector.detect([img for _, img in good]) if good else []
+        # a tight photo (face box off the frame) gets a second look with an edge-padded border
+        found = detect_with_context(detector, [img for _, img in good]) if good else []
         for (n, img), dets in zip(good, found, strict=True):
             big = [d for d in dets if d.size >= min_face]
             if not dets:
@@ -163,7 +165,7 @@ def _crops(src, names, aligned, detector, workers, batch, min_face, align_size):
             elif not big:
                 yield n, None, f"small_face: every face is under {min_face:g} px"
             else:
-                yield n, norm_crop(img, big[0].landmarks, align_size), None
+                yield n, big[0].crop(img, align_size), None
 
 
 def inference_runner(model, backend: str | None = None, bf16: bool = False):

@@ -67,10 +67,18 @@ def build_dataset(cfg: ExperimentConfig, transform):
 
 
 def _source_dataset(cfg: ExperimentConfig, transform):
-    d = cfg.data
+    from facekd.data.folder import exclusion_list
+
+    d = cfg.data  # every training-side set (cache, fitted head) comes here: no dev leaks
+    exclude = exclusion_list(d.exclude_identities, d.source)
     if d.source == "synthetic":
         from facekd.data.synthetic import SyntheticFaces
 
+        if exclude:
+            raise ValueError(
+                "data.exclude_identities is set but data.source=synthetic has no named "
+                "identities to exclude; use a folder or recordio source or drop the key"
+            )
         return SyntheticFaces(
             d.identities, d.images_per_identity, size=d.image_size, seed=d.seed, transform=transform
         )
@@ -79,10 +87,15 @@ def _source_dataset(cfg: ExperimentConfig, transform):
     if d.source == "folder":
         from facekd.data.folder import ImageFolderDataset
 
-        return ImageFolderDataset(d.path, transform=transform)
-    from facekd.data.recordio import RecordIODataset
+        dataset = ImageFolderDataset(d.path, transform=transform, exclude=exclude)
+    else:
+        from facekd.data.recordio import RecordIODataset
 
-    return RecordIODataset(d.path, transform=transform)
+        dataset = RecordIODataset(d.path, transform=transform, exclude=exclude)
+    if exclude:
+        found = len(dataset.excluded_identities)
+        log.info("data.exclude_identities: %d of %d found, left out", found, len(set(exclude)))
+    return dataset
 
 
 def _batch_sampler(cfg: ExperimentConfig, dataset):
@@ -313,11 +326,12 @@ def build_evaluator(cfg: ExperimentConfig):
 
     Low-resolution students see the faces down-sampled to their input size (``degrade_to``).
     """
-    from facekd.data.verification import read_bin
+    from facekd.data.set_manifest import load_set
+    from facekd.evaluation.bench import all_pairs_cells
     from facekd.evaluation.embed import extract_embeddings
     from facekd.evaluation.verification import verify
 
-    sets = [read_bin(path) for path in cfg.eval.bins]
+    sets = [load_set(path) for path in cfg.eval.bins]
     if cfg.eval.synthetic_pairs:
         from facekd.data.synthetic import synthetic_pairset
 
@@ -343,6 +357,8 @@ def build_evaluator(cfg: ExperimentConfig):
             metrics[f"{ps.name}/acc"] = grid.accuracy
             metrics[f"{ps.name}/acc_exact"] = exact.accuracy
             metrics[f"{ps.name}/auc"] = grid.auc
+            for key, value in all_pairs_cells(emb, ps).items():  # sets that know identities
+                metrics[key.replace(f"{ps.name}_", f"{ps.name}/", 1)] = value
         return metrics
 
     return evaluate
