@@ -174,3 +174,27 @@ def test_images_no_pair_uses_are_left_out_of_the_set(tmp_path):
     back = load_set(tmp_path / "t.bin")
     assert report.n_images == 4 and back.identities == ["id0", "id0", "id1", "id2"]
     assert back.pairs.tolist() == [[0, 1], [2, 3]]
+
+
+def test_a_pair_list_whose_labels_contradict_its_layout_still_builds(tmp_path):
+    """A 'different' CFP pair of one person's photos keeps the protocol, drops identities."""
+    from facekd.data.pairlists import read_cfp_pairs
+
+    proto = tmp_path / "Protocol"
+    for k, who in enumerate(("001", "001", "002"), start=1):
+        photo = tmp_path / "Data" / "Images" / who / "frontal" / f"0{k}.jpg"
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        photo.write_bytes(b"x")
+    (proto / "Split" / "FF" / "01").mkdir(parents=True)
+    (proto / "Pair_list_F.txt").write_text(
+        "1 ../Data/Images/001/frontal/01.jpg\n2 ../Data/Images/001/frontal/02.jpg\n"
+        "3 ../Data/Images/002/frontal/03.jpg\n"
+    )
+    (proto / "Pair_list_P.txt").write_text("")
+    (proto / "Split" / "FF" / "01" / "same.txt").write_text("1,2\n")
+    (proto / "Split" / "FF" / "01" / "diff.txt").write_text("1,3\n")
+    assert read_cfp_pairs(tmp_path, "FF").identities == ["001", "001", "002"]
+    (proto / "Split" / "FF" / "01" / "diff.txt").write_text("1,2\n")  # same person, 'diff'
+    with pytest.warns(UserWarning, match="identities left out"):
+        ps = read_cfp_pairs(tmp_path, "FF")
+    assert ps.identities is None and len(ps) == 2

@@ -29,6 +29,7 @@ for existence at the end; the missing ones are listed together (``FileNotFoundEr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,17 @@ class _Images:
             self.index[key] = len(self.paths)
             self.paths.append(key)
         return self.index[key]
+
+
+def _with_identities(ps: PairSet, identities: list[str]) -> PairSet:
+    """``ps`` with the identities its file layout implies, when they agree with every pair's
+    label; otherwise ``ps`` as it is, with a warning (the protocol still builds; only the
+    all-pairs TAR@FAR, which needs identities, is then unavailable)."""
+    try:
+        return PairSet(ps.images, ps.pairs, ps.issame, ps.folds, ps.name, identities)
+    except ValueError as err:
+        warnings.warn(f"{err}; identities left out of {ps.name!r}", stacklevel=3)
+        return ps
 
 
 def check_images_exist(paths: list[str], source: str | Path) -> None:
@@ -123,7 +135,9 @@ def read_lfw_pairs(
         check_images_exist(images.paths, path)
     # LFW's layout <root>/<Name>/<Name>_<NNNN>.jpg: the folder is the identity
     identities = [Path(p).parent.name for p in images.paths]
-    return PairSet(images.paths, np.array(pairs), issame, folds, "lfw", identities)
+    return _with_identities(
+        PairSet(images.paths, np.array(pairs), issame, folds, "lfw"), identities
+    )
 
 
 def read_xlfw_pairs(
@@ -224,6 +238,5 @@ def read_cfp_pairs(
         check_images_exist(images.paths, split)
     # Data/Images/<id>/{frontal,profile}/NN.jpg: the grandparent folder is the identity
     identities = [Path(p).parent.parent.name for p in images.paths]
-    return PairSet(
-        images.paths, np.array(pairs), issame, folds, f"cfp_{protocol.lower()}", identities
-    )
+    ps = PairSet(images.paths, np.array(pairs), issame, folds, f"cfp_{protocol.lower()}")
+    return _with_identities(ps, identities)
