@@ -44,6 +44,7 @@ def build_sets(sets_dir: Path) -> dict:
     from facekd.data.detect import FaceDetector
     from facekd.data.packing import build_bin
     from facekd.data.pairlists import read_cfp_pairs, read_lfw_pairs
+    from facekd.data.set_manifest import compare_manifests, manifest_path, read_manifest
 
     sys.path.insert(0, str(ROOT / "data_prep"))
     from dev_split import make_split
@@ -63,9 +64,7 @@ def build_sets(sets_dir: Path) -> dict:
     for name in SETS:
         out = sets_dir / f"{name}.bin"
         frozen = FROZEN / f"{name}.manifest.json"
-        if out.exists():
-            from facekd.data.set_manifest import compare_manifests, manifest_path, read_manifest
-
+        if out.exists():  # built earlier: compare its manifest with the frozen one
             if frozen.exists():
                 new = read_manifest(manifest_path(out))
                 drift[name] = compare_manifests(read_manifest(frozen), new)
@@ -94,8 +93,8 @@ def embed_all(model_path, sets: dict, side: int | None) -> dict:
     index, unique = {}, []
     for ps in sets.values():
         for img in ps.images:
-            index.setdefault(img, len(unique))
-            if index[img] == len(unique):
+            if img not in index:  # CFP-FF and CFP-FP share their frontal faces
+                index[img] = len(unique)
                 unique.append(img)
     emb = extract_embeddings(model_path, unique, degrade_to=side, progress=True)
     return {n: emb[[index[i] for i in ps.images]] for n, ps in sets.items()}

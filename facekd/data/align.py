@@ -105,24 +105,16 @@ def pad_photo(
     return cv2.copyMakeBorder(img, dy, dy, dx, dx, BORDERS[border], value=0), (dx, dy)
 
 
-def norm_crop(
-    image: np.ndarray, landmarks: np.ndarray, size: int = 112, border: str = "constant"
-) -> np.ndarray:
-    """Aligned ``(size, size, C)`` crop of ``image`` (HxWxC or HxW uint8, any channel order).
-
-    ``border``: what fills the crop where it leaves the photo: ``"constant"`` black
-    (insightface; what facekd's builders use, see ``facekd.data.detect``), or ``"replicate"``
-    edge pixels (the crop of an edge-padded photo)."""
-    if border not in BORDERS:
-        raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}")
+def norm_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """Aligned ``(size, size, C)`` crop of ``image`` (HxWxC or HxW uint8, any channel order),
+    black where it leaves the photo (insightface; a replicated border measured worse, see
+    ``facekd.data.detect``)."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
         raise ValueError(
             f"image must be a non-empty HxW or HxWxC array, got {getattr(image, 'shape', image)}"
         )
     m = estimate_norm(landmarks, size)
-    return cv2.warpAffine(
-        image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border], borderValue=0.0
-    )
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
 
 
 def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -62,10 +62,10 @@ class Detection:
         x1, y1, x2, y2 = self.box
         return bool(x1 < 0 or y1 < 0 or x2 > w or y2 > h)
 
-    def crop(self, image: np.ndarray, size: int = 112, border: str = "constant") -> np.ndarray:
-        """The aligned ``size`` x ``size`` crop of ``image`` (``norm_crop``; black border by
-        default, as insightface, see the module docstring)."""
-        return norm_crop(image, self.landmarks, size, border)
+    def crop(self, image: np.ndarray, size: int = 112) -> np.ndarray:
+        """The aligned ``size`` x ``size`` crop of ``image`` (``norm_crop``: black border, as
+        insightface; see the module docstring)."""
+        return norm_crop(image, self.landmarks, size)
 
     @property
     def size(self) -> float:

@@ -156,14 +156,15 @@ def load_set(bin_path: str | os.PathLike, name: str | None = None):
     and ``identities`` come from the manifest; the manifest is checked against the file
     (sha256 and pair labels). Without a manifest beside it, the plain ``read_bin`` view
     (``2 N`` images, no identities) is returned."""
-    from facekd.data.verification import PairSet, read_bin
+    from facekd.data.verification import PairSet, parse_bin
 
-    ps = read_bin(bin_path, name)
+    data = Path(bin_path).read_bytes()  # read once: parsed and hashed
+    ps = parse_bin(data, str(bin_path), name)
     mpath = manifest_path(bin_path)
     if not mpath.exists():
         return ps
     man = read_manifest(mpath)
-    if hashlib.sha256(Path(bin_path).read_bytes()).hexdigest() != man["bin_sha256"]:
+    if hashlib.sha256(data).hexdigest() != man["bin_sha256"]:
         raise ValueError(f"{bin_path} does not match {mpath} (bin_sha256); rebuild one of them")
     pairs = np.asarray(man["pairs"], np.int64).reshape(-1, 2)
     if len(pairs) != len(ps) or (np.asarray(man["issame"]) != ps.issame).any():

@@ -200,9 +200,12 @@ def read_bin(path: str | os.PathLike, name: str | None = None) -> PairSet:
     ``folds`` all ``-1``. Raises ``ValueError`` naming the file for truncated or foreign
     files, refused globals, or inconsistent lengths. Images are not decoded here.
     """
-    path = str(path)
     with open(path, "rb") as f:
-        data = f.read()
+        return parse_bin(f.read(), str(path), name)
+
+
+def parse_bin(data: bytes, path: str, name: str | None = None) -> PairSet:
+    """``read_bin`` on bytes already read (``path`` names them in errors and the default name)."""
     try:
         obj = safe_load_pickle(data)
     except ValueError as e:

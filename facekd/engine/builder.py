@@ -357,8 +357,7 @@ def build_evaluator(cfg: ExperimentConfig):
             metrics[f"{ps.name}/acc"] = grid.accuracy
             metrics[f"{ps.name}/acc_exact"] = exact.accuracy
             metrics[f"{ps.name}/auc"] = grid.auc
-            for key, value in all_pairs_cells(emb, ps).items():  # sets that know identities
-                metrics[key.replace(f"{ps.name}_", f"{ps.name}/", 1)] = value
+            metrics |= all_pairs_cells(emb, ps, sep="/")  # sets that know their identities
         return metrics
 
     return evaluate

@@ -49,13 +49,13 @@ def _verify_set(model, ps, degrade_to, channels_last=None):
     return {m: verify(pairs, ps.issame, folds=folds, thresholds=m) for m in SEARCHES}, emb
 
 
-def all_pairs_cells(emb, ps) -> dict:
-    """``<set>_tar_all@<far>`` for ``ALL_PAIRS_FARS`` when the set knows its identities (a
+def all_pairs_cells(emb, ps, sep: str = "_") -> dict:
+    """``<set><sep>tar_all@<far>`` for ``ALL_PAIRS_FARS`` when the set knows its identities (a
     pair list, or a ``.bin`` with its manifest: ``facekd.data.set_manifest.load_set``)."""
     if getattr(ps, "identities", None) is None:
         return {}
     res = all_pairs_tar(emb, ps.identities, ALL_PAIRS_FARS)
-    return {f"{ps.name}_tar_all@{far:g}": v for far, v in res.tar_at_far.items()}
+    return {f"{ps.name}{sep}tar_all@{far:g}": v for far, v in res.tar_at_far.items()}
 
 
 def threshold_search_legend(names: Sequence[str], low_res: Sequence[int]) -> dict[str, str]:
